@@ -1,1 +1,53 @@
+//! hvemu: an x86 instruction emulator for virtual machine monitors.
+//!
+//! When a virtual processor exits on an MMIO access or a port instruction, hand the exit to an
+//! [`Emulator`]: it decodes the instruction (fetching its bytes if the exit lacks them), makes
+//! its memory and port accesses through your [`EmulatorCallbacks`], updates the registers and
+//! RFLAGS as the processor would, and advances RIP. It is a portable counterpart of the Windows
+//! Hypervisor Platform's instruction emulator, with the same callbacks and status bits.
+//!
+//! * `#![no_std]`, `#![forbid(unsafe_code)]`, no allocation of its own. iced-x86 builds its
+//!   decoder tables on the heap once (about 356 KiB): provide a global allocator and call
+//!   [`warm_up`] at start-up to keep that off the exit path.
+//! * All or nothing: every fault that can be known before the first side effect is found
+//!   before it, and a failed emulation commits no register.
+//! * Bounded: a REP instruction runs at most [`Config::max_rep_iterations`] iterations per call.
+//!
+//! The data flows one way: [`Emulator`] → state (registers) / decode → operand (addresses,
+//! segmentation, translation) → execute (one module per instruction family) → rep.
+//! See [`EmulatorCallbacks`] for a complete monitor.
+
 #![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod access;
+mod callbacks;
+mod config;
+mod context;
+mod decode;
+mod emulator;
+mod error;
+mod execute;
+mod operand;
+mod regfile;
+mod registers;
+mod rep;
+mod state;
+
+pub use callbacks::{
+    AccessDirection, EmulatorCallbacks, IoAccessInfo, MemoryAccessInfo, TranslateGvaFlags,
+    TranslateGvaResult,
+};
+pub use config::{Config, Vendor};
+pub use context::{
+    ExecutionState, IoPortAccessContext, IoPortAccessInfo, MemoryAccessContext, MemoryAccessFlags,
+    MemoryAccessType, VpExitContext,
+};
+pub use decode::warm_up;
+pub use emulator::{Completion, Emulator};
+pub use error::{EmulationError, EmulatorStatus, Exception, InvalidArgument, Vector};
+pub use regfile::{RegisterFile, RegisterFileError};
+pub use registers::{
+    RegisterName, RegisterValue, Segment, SegmentAttributes, SegmentRegister, TableRegister,
+};

@@ -1,0 +1,295 @@
+//! The access layer: the only place that calls `translate_gva_page`, `memory` and `io_port`.
+//!
+//! Linear addresses become guest-physical spans here, through a small per-call translation
+//! cache (a REP string translates each page once) seeded by the exit's own GPA when the exit
+//! vouches for the access being made.
+
+use crate::callbacks::{
+    AccessDirection, EmulatorCallbacks, IoAccessInfo, MemoryAccessInfo, TranslateGvaFlags,
+    TranslateGvaResult,
+};
+use crate::error::{EmulationError, Exception};
+use crate::state::{Cpu, Mode, Res};
+
+const PAGE: u64 = 0x1000;
+const PAGE_MASK: u64 = !(PAGE - 1);
+
+/// The largest single memory operand hvemu moves (a ZMM register).
+pub(crate) const MAX_ACCESS: usize = 64;
+
+/// What an access does to its memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Intent {
+    /// A data read.
+    Read,
+    /// A data write.
+    Write,
+    /// An instruction fetch.
+    Execute,
+}
+
+impl Intent {
+    pub(crate) const fn writes(self) -> bool {
+        matches!(self, Intent::Write)
+    }
+
+    fn validate(self) -> TranslateGvaFlags {
+        match self {
+            Intent::Read => TranslateGvaFlags::VALIDATE_READ,
+            Intent::Write => TranslateGvaFlags::VALIDATE_WRITE,
+            Intent::Execute => TranslateGvaFlags::VALIDATE_EXECUTE,
+        }
+    }
+}
+
+/// Who makes an access: the instruction at the current CPL, or the processor itself on the
+/// supervisor's behalf (TSS, descriptor tables).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Privilege {
+    /// An ordinary access at the current CPL.
+    Current,
+    /// An implicit supervisor access.
+    System,
+}
+
+/// What a memory exit says about its access: linear `gva` is at `gpa`, validated for the kind
+/// of access the exit reports.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GpaHint {
+    pub gva: u64,
+    pub gpa: u64,
+    pub validated: TranslateGvaFlags,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct TlbEntry {
+    page: u64,
+    gpa: u64,
+    flags: TranslateGvaFlags,
+    valid: bool,
+}
+
+/// Translations made during one call. Four entries cover the pages any one instruction or REP
+/// iteration touches (two operands, each possibly split).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Tlb {
+    entries: [TlbEntry; 4],
+    next: usize,
+}
+
+impl Tlb {
+    fn lookup(&self, page: u64, flags: TranslateGvaFlags) -> Option<u64> {
+        self.entries
+            .iter()
+            .find(|e| e.valid && e.page == page && e.flags.contains(flags))
+            .map(|e| e.gpa)
+    }
+
+    fn insert(&mut self, page: u64, gpa: u64, flags: TranslateGvaFlags) {
+        // Replace a weaker translation of the same page in place, so lookups stay unambiguous.
+        let slot = match self.entries.iter().position(|e| e.valid && e.page == page) {
+            Some(i) => i,
+            None => {
+                let i = self.next % self.entries.len();
+                self.next = (i + 1) % self.entries.len();
+                i
+            }
+        };
+        if let Some(e) = self.entries.get_mut(slot) {
+            *e = TlbEntry {
+                page,
+                gpa,
+                flags,
+                valid: true,
+            };
+        }
+    }
+}
+
+/// A linear range resolved to at most two guest-physical pieces (split at the page boundary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Span {
+    first: u64,
+    first_len: usize,
+    second: u64,
+    len: usize,
+}
+
+impl Span {
+    /// The pieces as (gpa, start offset in the operand, length).
+    fn pieces(&self) -> impl Iterator<Item = (u64, core::ops::Range<usize>)> {
+        let split = self.first_len.min(self.len);
+        [(self.first, 0..split), (self.second, split..self.len)]
+            .into_iter()
+            .filter(|(_, r)| !r.is_empty())
+    }
+}
+
+impl<C: EmulatorCallbacks> Cpu<'_, C> {
+    /// Translates every page of `len` bytes at `linear` for `intent`, so that the access can
+    /// no longer fault. `len` is 1..=64.
+    pub(crate) fn translate(
+        &mut self,
+        linear: u64,
+        len: usize,
+        intent: Intent,
+        privilege: Privilege,
+    ) -> Res<Span, C> {
+        let len = len.clamp(1, MAX_ACCESS);
+        let offset = linear & !PAGE_MASK;
+        let first_len = usize::try_from(PAGE - offset).unwrap_or(len).min(len);
+        // Outside 64-bit mode linear addresses wrap at 4 GiB.
+        let wrap = if self.state.is_long() {
+            u64::MAX
+        } else {
+            0xFFFF_FFFF
+        };
+        let second_linear = (linear & PAGE_MASK).wrapping_add(PAGE) & wrap;
+        let first = self.translate_page(linear, intent, privilege)?;
+        let second = if first_len < len {
+            self.translate_page(second_linear, intent, privilege)?
+        } else {
+            0
+        };
+        Ok(Span {
+            first: first | offset,
+            first_len,
+            second,
+            len,
+        })
+    }
+
+    /// The GPA of the page holding `linear` (its address with the offset cleared).
+    fn translate_page(&mut self, linear: u64, intent: Intent, privilege: Privilege) -> Res<u64, C> {
+        let page = linear & PAGE_MASK;
+        if self.state.mode == Mode::Real {
+            return Ok(page);
+        }
+        let mut flags = intent.validate();
+        if privilege == Privilege::System {
+            flags |= TranslateGvaFlags::PRIVILEGE_EXEMPT;
+        }
+        if let Some(gpa) = self.tlb.lookup(page, flags) {
+            return Ok(gpa);
+        }
+        if let Some(hint) = self.hint {
+            // The exit vouches only for the access it reports: the same linear address, a
+            // permission at least as strong, and a GPA on the same page offset.
+            if hint.gva == linear
+                && privilege == Privilege::Current
+                && hint.validated.contains(flags)
+                && hint.gpa & !PAGE_MASK == hint.gva & !PAGE_MASK
+            {
+                let gpa = hint.gpa & PAGE_MASK;
+                self.tlb.insert(page, gpa, hint.validated);
+                return Ok(gpa);
+            }
+        }
+        let (result, gpa) = self
+            .cb
+            .translate_gva_page(page, flags | TranslateGvaFlags::SET_PAGE_TABLE_BITS)
+            .map_err(EmulationError::TranslateGva)?;
+        let fault = |present: bool, reserved: bool| {
+            let mut code = u32::from(present);
+            if intent.writes() {
+                code |= 1 << 1;
+            }
+            if self.state.cpl == 3 && privilege == Privilege::Current {
+                code |= 1 << 2;
+            }
+            if reserved {
+                code |= 1 << 3;
+            }
+            if intent == Intent::Execute {
+                code |= 1 << 4;
+            }
+            EmulationError::Exception(Exception::pf(linear, code))
+        };
+        match result {
+            TranslateGvaResult::PageNotPresent => return Err(fault(false, false)),
+            TranslateGvaResult::PrivilegeViolation => return Err(fault(true, false)),
+            TranslateGvaResult::InvalidPageTableFlags => return Err(fault(true, true)),
+            TranslateGvaResult::Intercept => {
+                return Err(EmulationError::TranslationIntercept { gva_page: page });
+            }
+            // The walk succeeded; whether the GPA is RAM, MMIO or protected is the memory
+            // callback's business.
+            TranslateGvaResult::Success
+            | TranslateGvaResult::GpaUnmapped
+            | TranslateGvaResult::GpaNoReadAccess
+            | TranslateGvaResult::GpaNoWriteAccess
+            | TranslateGvaResult::GpaIllegalOverlayAccess => {}
+        }
+        if gpa & !PAGE_MASK != 0 {
+            return Err(EmulationError::TranslateGpaNotAligned {
+                gva_page: page,
+                gpa,
+            });
+        }
+        self.tlb.insert(page, gpa, flags);
+        Ok(gpa)
+    }
+
+    /// Reads a translated span into `buf` (whose length is the span's).
+    pub(crate) fn read_span(&mut self, span: &Span, buf: &mut [u8]) -> Res<(), C> {
+        for (gpa, range) in span.pieces() {
+            if let Some(data) = buf.get_mut(range) {
+                let mut access = MemoryAccessInfo {
+                    gpa_address: gpa,
+                    direction: AccessDirection::Read,
+                    data,
+                };
+                self.cb
+                    .memory(&mut access)
+                    .map_err(EmulationError::Memory)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` to a translated span.
+    pub(crate) fn write_span(&mut self, span: &Span, buf: &[u8]) -> Res<(), C> {
+        let mut scratch = [0u8; MAX_ACCESS];
+        for (gpa, range) in span.pieces() {
+            let (Some(src), Some(data)) = (buf.get(range.clone()), scratch.get_mut(range)) else {
+                continue;
+            };
+            data.copy_from_slice(src);
+            let mut access = MemoryAccessInfo {
+                gpa_address: gpa,
+                direction: AccessDirection::Write,
+                data,
+            };
+            self.cb
+                .memory(&mut access)
+                .map_err(EmulationError::Memory)?;
+        }
+        Ok(())
+    }
+
+    /// IN: one port read of 1, 2 or 4 bytes.
+    pub(crate) fn port_in(&mut self, port: u16, size: u8) -> Res<u32, C> {
+        let mut access = IoAccessInfo {
+            direction: AccessDirection::Read,
+            port,
+            access_size: size,
+            data: 0,
+        };
+        self.cb
+            .io_port(&mut access)
+            .map_err(EmulationError::IoPort)?;
+        Ok(access.data & crate::state::width_mask(usize::from(size)) as u32)
+    }
+
+    /// OUT: one port write of 1, 2 or 4 bytes.
+    pub(crate) fn port_out(&mut self, port: u16, size: u8, value: u32) -> Res<(), C> {
+        let mask = crate::state::width_mask(usize::from(size)) as u32;
+        let mut access = IoAccessInfo {
+            direction: AccessDirection::Write,
+            port,
+            access_size: size,
+            data: value & mask,
+        };
+        self.cb.io_port(&mut access).map_err(EmulationError::IoPort)
+    }
+}

@@ -1,0 +1,100 @@
+//! Decoding: the instruction bytes from the exit, or fetched from guest memory when the exit
+//! carries too few, decoded by iced-x86 in the code segment's bitness.
+//!
+//! Fetching follows the processor's rules (SDM Vol. 3A §5.3): bytes past the CS limit are a
+//! #GP(0) only if the instruction needs them, and a page is translated for execute only when a
+//! byte on it is needed, so a short instruction at the end of a page never touches the next.
+
+use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
+
+use crate::access::{Intent, Privilege};
+use crate::callbacks::EmulatorCallbacks;
+use crate::config::Vendor;
+use crate::error::{EmulationError, Exception};
+use crate::registers::Segment;
+use crate::state::{Cpu, Mode, Res};
+
+/// The longest x86 instruction.
+pub(crate) const MAX_INSTRUCTION: usize = 15;
+
+/// Builds iced-x86's decoder tables now, so that the first exit does not pay for them.
+///
+/// iced-x86 allocates its tables on the heap (about 356 KiB) the first time any decoder is
+/// created, even under `no_std`; after that, decoding allocates nothing. An embedder therefore
+/// needs a global allocator, and should call this once at start-up (before the first exit, and
+/// outside any context that must not allocate). Calling it again is cheap and does nothing new.
+///
+/// ```
+/// hvemu::warm_up();
+/// ```
+pub fn warm_up() {
+    // Legacy, VEX and EVEX encodings, so every table family is built.
+    const SAMPLES: [&[u8]; 3] = [
+        &[0x89, 0x18],                         // mov [rax], ebx
+        &[0xC5, 0xFE, 0x6F, 0x00],             // vmovdqu ymm0, [rax]
+        &[0x62, 0xF1, 0xFE, 0x48, 0x6F, 0x00], // vmovdqu32 zmm0, [rax]
+    ];
+    for bytes in SAMPLES {
+        let mut decoder = Decoder::new(64, bytes, DecoderOptions::NONE);
+        let _ = decoder.decode();
+    }
+}
+
+impl<C: EmulatorCallbacks> Cpu<'_, C> {
+    /// Decodes the instruction at RIP, starting from the bytes the exit carried.
+    pub(crate) fn decode(&mut self, exit_bytes: &[u8]) -> Res<Instruction, C> {
+        let mut buf = [0u8; MAX_INSTRUCTION];
+        let mut len = exit_bytes.len().min(MAX_INSTRUCTION);
+        if let (Some(dst), Some(src)) = (buf.get_mut(..len), exit_bytes.get(..len)) {
+            dst.copy_from_slice(src);
+        }
+        let options = match self.config.vendor {
+            Vendor::Intel => DecoderOptions::NONE,
+            Vendor::Amd => DecoderOptions::AMD,
+        };
+        // Each round either decodes, fails, or fetches at least one more byte, and at most
+        // 15 bytes can be fetched: the loop ends.
+        loop {
+            let bytes = buf.get(..len).unwrap_or(&[]);
+            let undecodable = || EmulationError::Undecodable {
+                bytes: buf,
+                len: len as u8,
+            };
+            let mut decoder =
+                Decoder::try_with_ip(self.state.code_bits, bytes, self.state.rip, options)
+                    .map_err(|_| undecodable())?;
+            let instr = decoder.decode();
+            if !instr.is_invalid() {
+                return Ok(instr);
+            }
+            if decoder.last_error() != DecoderError::NoMoreBytes || len >= MAX_INSTRUCTION {
+                return Err(undecodable());
+            }
+            let fetched = self.fetch_code(len, buf.get_mut(len..).unwrap_or(&mut []))?;
+            len += fetched;
+        }
+    }
+
+    /// Fetches the code bytes that follow the first `have` bytes of the instruction into
+    /// `out`, up to the end of their page and the CS limit; returns how many it fetched (≥ 1).
+    fn fetch_code(&mut self, have: usize, out: &mut [u8]) -> Res<usize, C> {
+        let offset = self.state.mask_ip(self.state.rip.wrapping_add(have as u64));
+        let mut want = out.len();
+        if self.state.mode != Mode::Long {
+            let limit = u64::from(self.segment(Segment::Cs)?.limit);
+            let room = limit.checked_sub(offset).map_or(0, |r| r.saturating_add(1));
+            want = want.min(usize::try_from(room).unwrap_or(usize::MAX));
+            if want == 0 {
+                return Err(Exception::gp(0).into());
+            }
+        }
+        let first_linear = self.linearize(Segment::Cs, offset, 1, Intent::Execute)?;
+        let page_room = 0x1000 - (first_linear & 0xFFF) as usize;
+        want = want.min(page_room);
+        let linear = self.linearize(Segment::Cs, offset, want, Intent::Execute)?;
+        let span = self.translate(linear, want, Intent::Execute, Privilege::Current)?;
+        let dst = out.get_mut(..want).unwrap_or(&mut []);
+        self.read_span(&span, dst)?;
+        Ok(dst.len().max(1))
+    }
+}

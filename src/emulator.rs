@@ -1,0 +1,259 @@
+//! The entry points: validate an exit, then drive its one instruction down through decode,
+//! operands, execution and (for REP) the repeat driver, and commit.
+
+use crate::access::GpaHint;
+use crate::callbacks::{EmulatorCallbacks, TranslateGvaFlags};
+use crate::config::Config;
+use crate::context::{IoPortAccessContext, MemoryAccessContext, MemoryAccessType, VpExitContext};
+use crate::error::{EmulationError, EmulatorStatus, InvalidArgument};
+use crate::execute::{self, Family};
+use crate::registers::Segment;
+use crate::rep::Progress;
+use crate::state::Cpu;
+
+/// How a successful emulation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// The instruction completed; RIP points past it.
+    Complete,
+    /// A REP instruction ran [`Config::max_rep_iterations`] iterations (or stopped before one
+    /// that failed) with count left: its progress is committed and RIP stays on it, so the
+    /// guest executes it again.
+    Partial,
+}
+
+/// An instruction emulator for one virtual processor.
+///
+/// Not shared between processors: like the platform's, one emulation runs at a time, and all
+/// callbacks run before the call returns. The emulator holds no guest state between calls.
+///
+/// ```
+/// use hvemu::*;
+/// # struct Vcpu(RegisterFile);
+/// # impl EmulatorCallbacks for Vcpu {
+/// #     type Error = ();
+/// #     fn io_port(&mut self, a: &mut IoAccessInfo) -> Result<(), ()> { a.data = 0x5A; Ok(()) }
+/// #     fn memory(&mut self, _: &mut MemoryAccessInfo<'_>) -> Result<(), ()> { Err(()) }
+/// #     fn get_registers(&mut self, n: &[RegisterName], v: &mut [RegisterValue]) -> Result<(), ()> {
+/// #         self.0.get(n, v).map_err(|_| ())
+/// #     }
+/// #     fn set_registers(&mut self, n: &[RegisterName], v: &[RegisterValue]) -> Result<(), ()> {
+/// #         self.0.set(n, v).map_err(|_| ())
+/// #     }
+/// #     fn translate_gva_page(&mut self, g: u64, _: TranslateGvaFlags)
+/// #         -> Result<(TranslateGvaResult, u64), ()> { Ok((TranslateGvaResult::Success, g)) }
+/// # }
+/// let mut vcpu = Vcpu(RegisterFile::real_mode());
+/// // `in al, 0x60` in real mode; the port exit carries RAX, so no register is read.
+/// let exit = vcpu.0.exit_context(2);
+/// let io = IoPortAccessContext::new(&[0xE4, 0x60], IoPortAccessInfo::new(false, 1), 0x60);
+/// let mut emulator = Emulator::new(&mut vcpu);
+/// assert_eq!(emulator.emulate_io(&exit, &io), Ok(Completion::Complete));
+/// assert_eq!(vcpu.0.gpr(0) & 0xFF, 0x5A);
+/// ```
+#[derive(Debug)]
+pub struct Emulator<C: EmulatorCallbacks> {
+    callbacks: C,
+    config: Config,
+}
+
+impl<C: EmulatorCallbacks> Emulator<C> {
+    /// An emulator with the default [`Config`].
+    pub fn new(callbacks: C) -> Self {
+        Self::with_config(callbacks, Config::default())
+    }
+
+    /// An emulator with the given settings.
+    pub fn with_config(callbacks: C, config: Config) -> Self {
+        Self { callbacks, config }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The callbacks.
+    pub fn callbacks(&self) -> &C {
+        &self.callbacks
+    }
+
+    /// The callbacks, mutably.
+    pub fn callbacks_mut(&mut self) -> &mut C {
+        &mut self.callbacks
+    }
+
+    /// Gives the callbacks back.
+    pub fn into_callbacks(self) -> C {
+        self.callbacks
+    }
+
+    /// Emulates the instruction behind a port-I/O exit, reporting as the platform does.
+    ///
+    /// `Err` only for a malformed context; otherwise the status says what happened.
+    pub fn try_io_emulation(
+        &mut self,
+        vp: &VpExitContext,
+        io: &IoPortAccessContext,
+    ) -> Result<EmulatorStatus, InvalidArgument> {
+        status(self.emulate_io(vp, io))
+    }
+
+    /// Emulates the instruction behind a memory-access exit, reporting as the platform does.
+    ///
+    /// `Err` only for a malformed context; otherwise the status says what happened.
+    pub fn try_mmio_emulation(
+        &mut self,
+        vp: &VpExitContext,
+        mmio: &MemoryAccessContext,
+    ) -> Result<EmulatorStatus, InvalidArgument> {
+        status(self.emulate_mmio(vp, mmio))
+    }
+
+    /// Emulates the instruction behind a port-I/O exit, saying exactly what went wrong if it
+    /// did not complete.
+    ///
+    /// The registers the context carries (RAX, RCX, RSI, RDI, DS, ES) and its port number are
+    /// used as given, so IN and OUT make no `get_registers` call. The decoded instruction must
+    /// be a port instruction of the context's direction, size and kind.
+    pub fn emulate_io(
+        &mut self,
+        vp: &VpExitContext,
+        io: &IoPortAccessContext,
+    ) -> Result<Completion, EmulationError<C::Error>> {
+        let bytes = validate(vp, io.instruction_byte_count, &io.instruction_bytes)?;
+        let info = io.access_info;
+        if !matches!(info.access_size, 1 | 2 | 4) {
+            return Err(InvalidArgument::IoAccessSize(info.access_size).into());
+        }
+        let mut cpu = Cpu::new(&mut self.callbacks, &self.config, vp);
+        for (n, value) in [(0, io.rax), (1, io.rcx), (6, io.rsi), (7, io.rdi)] {
+            cpu.state.preload_gpr(n, value);
+        }
+        cpu.state.preload_segment(Segment::Ds, io.ds);
+        cpu.state.preload_segment(Segment::Es, io.es);
+        cpu.port_hint = Some(io.port_number);
+        let instr = cpu.decode(bytes)?;
+        let not_it = || EmulationError::NotTheExitingInstruction { code: instr.code() };
+        let family = Family::of(&instr).ok_or_else(not_it)?;
+        let op = family.port().ok_or_else(not_it)?;
+        if op.is_write != info.is_write
+            || op.size != info.access_size
+            || op.string != info.string_op
+        {
+            return Err(not_it());
+        }
+        finish(cpu, family, &instr)
+    }
+
+    /// Emulates the instruction behind a memory-access exit, saying exactly what went wrong if
+    /// it did not complete.
+    ///
+    /// When the context marks its GVA valid, the exit's GPA stands in for a translation of
+    /// exactly that linear address, for the kind of access the exit reports; every other
+    /// address the instruction touches is translated.
+    pub fn emulate_mmio(
+        &mut self,
+        vp: &VpExitContext,
+        mmio: &MemoryAccessContext,
+    ) -> Result<Completion, EmulationError<C::Error>> {
+        let bytes = validate(vp, mmio.instruction_byte_count, &mmio.instruction_bytes)?;
+        let mut cpu = Cpu::new(&mut self.callbacks, &self.config, vp);
+        if mmio.access_info.gva_valid {
+            let validated = match mmio.access_info.access_type {
+                MemoryAccessType::Read => TranslateGvaFlags::VALIDATE_READ,
+                // x86 pages are never write-only: a permitted write implies a permitted read.
+                MemoryAccessType::Write => {
+                    TranslateGvaFlags::VALIDATE_WRITE | TranslateGvaFlags::VALIDATE_READ
+                }
+                MemoryAccessType::Execute => TranslateGvaFlags::VALIDATE_EXECUTE,
+            };
+            cpu.hint = Some(GpaHint {
+                gva: mmio.gva,
+                gpa: mmio.gpa,
+                validated,
+            });
+        }
+        let instr = cpu.decode(bytes)?;
+        let family = match Family::of(&instr) {
+            Some(f) if f.touches_memory(&instr) => f,
+            Some(_) => return Err(EmulationError::NotTheExitingInstruction { code: instr.code() }),
+            None if !has_memory_operand(&instr) => {
+                return Err(EmulationError::NotTheExitingInstruction { code: instr.code() });
+            }
+            None => return Err(EmulationError::Unsupported { code: instr.code() }),
+        };
+        finish(cpu, family, &instr)
+    }
+}
+
+/// Gathers the registers, runs the instruction, commits.
+fn finish<C: EmulatorCallbacks>(
+    mut cpu: Cpu<'_, C>,
+    family: Family,
+    instr: &iced_x86::Instruction,
+) -> Result<Completion, EmulationError<C::Error>> {
+    let needed = execute::registers_needed(&cpu, family, instr);
+    cpu.fetch(needed)?;
+    let progress = execute::run(&mut cpu, family, instr)?;
+    let (rip, completion) = match progress {
+        Progress::Complete => (
+            cpu.state
+                .mask_ip(cpu.state.rip.wrapping_add(instr.len() as u64)),
+            Completion::Complete,
+        ),
+        Progress::Partial => (cpu.state.rip, Completion::Partial),
+    };
+    cpu.commit(rip)?;
+    Ok(completion)
+}
+
+fn has_memory_operand(instr: &iced_x86::Instruction) -> bool {
+    use iced_x86::OpKind;
+    (0..instr.op_count()).any(|i| {
+        matches!(
+            instr.op_kind(i),
+            OpKind::Memory
+                | OpKind::MemorySegSI
+                | OpKind::MemorySegESI
+                | OpKind::MemorySegRSI
+                | OpKind::MemorySegDI
+                | OpKind::MemorySegEDI
+                | OpKind::MemorySegRDI
+                | OpKind::MemoryESDI
+                | OpKind::MemoryESEDI
+                | OpKind::MemoryESRDI
+        )
+    }) || instr.is_stack_instruction()
+}
+
+/// Checks what every exit shares; returns the instruction bytes it carries.
+fn validate<'a, E>(
+    vp: &VpExitContext,
+    byte_count: u8,
+    bytes: &'a [u8; 16],
+) -> Result<&'a [u8], EmulationError<E>> {
+    if vp.instruction_length == 0 || vp.instruction_length > 15 {
+        return Err(InvalidArgument::InstructionLength(vp.instruction_length).into());
+    }
+    if vp.execution_state.cpl > 3 {
+        return Err(InvalidArgument::Cpl(vp.execution_state.cpl).into());
+    }
+    let bytes = bytes
+        .get(..usize::from(byte_count))
+        .ok_or(InvalidArgument::InstructionByteCount(byte_count))?;
+    if vp.execution_state.interruption_pending {
+        return Err(EmulationError::InterruptPending);
+    }
+    Ok(bytes)
+}
+
+fn status<E>(
+    result: Result<Completion, EmulationError<E>>,
+) -> Result<EmulatorStatus, InvalidArgument> {
+    match result {
+        Ok(_) => Ok(EmulatorStatus::EMULATION_SUCCESSFUL),
+        Err(EmulationError::InvalidArgument(e)) => Err(e),
+        Err(e) => Ok(e.status()),
+    }
+}

@@ -1,0 +1,159 @@
+//! String moves: MOVS, STOS, LODS (SDM Vol. 2B "MOVS/MOVSB/MOVSW/MOVSD/MOVSQ", "STOS", "LODS";
+//! AMD APM Vol. 3). No flags are written; DF chooses the direction. The source segment may be
+//! overridden, the destination is always ES. rSI, rDI and rCX are sized by the address size.
+
+use iced_x86::{Instruction, Mnemonic, OpKind};
+
+use super::unsupported;
+use crate::access::Intent;
+use crate::callbacks::EmulatorCallbacks;
+use crate::operand::{MemRef, address_mask};
+use crate::registers::Segment;
+use crate::rep::{self, Progress};
+use crate::state::{Cpu, RFLAGS_DF, RegSet, Res, Slot, segment_of};
+
+const RAX: u8 = 0;
+const RCX: u8 = 1;
+const RSI: u8 = 6;
+const RDI: u8 = 7;
+
+/// Which string move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StringKind {
+    /// [rDI] ← [rSI].
+    Movs,
+    /// [rDI] ← rAX.
+    Stos,
+    /// rAX ← [rSI].
+    Lods,
+}
+
+/// A string move with its element size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StringOp {
+    pub kind: StringKind,
+}
+
+pub(super) fn classify(instr: &Instruction) -> Option<StringOp> {
+    let kind = match instr.mnemonic() {
+        Mnemonic::Movsb | Mnemonic::Movsw | Mnemonic::Movsq => StringKind::Movs,
+        // MOVSD is also the SSE move; only the string form has string operands.
+        Mnemonic::Movsd if string_address_size(instr).is_some() => StringKind::Movs,
+        Mnemonic::Stosb | Mnemonic::Stosw | Mnemonic::Stosd | Mnemonic::Stosq => StringKind::Stos,
+        Mnemonic::Lodsb | Mnemonic::Lodsw | Mnemonic::Lodsd | Mnemonic::Lodsq => StringKind::Lods,
+        _ => return None,
+    };
+    Some(StringOp { kind })
+}
+
+/// The address size of a string instruction, from its rSI/rDI operand kinds, in bytes.
+pub(crate) fn string_address_size(instr: &Instruction) -> Option<usize> {
+    (0..instr.op_count()).find_map(|i| match instr.op_kind(i) {
+        OpKind::MemorySegSI | OpKind::MemoryESDI => Some(2),
+        OpKind::MemorySegESI | OpKind::MemoryESEDI => Some(4),
+        OpKind::MemorySegRSI | OpKind::MemoryESRDI => Some(8),
+        _ => None,
+    })
+}
+
+/// The accumulator register of the element size (AL, AX, EAX, RAX).
+pub(crate) fn accumulator(size: usize) -> iced_x86::Register {
+    match size {
+        1 => iced_x86::Register::AL,
+        2 => iced_x86::Register::AX,
+        4 => iced_x86::Register::EAX,
+        _ => iced_x86::Register::RAX,
+    }
+}
+
+/// Moves an address register by one element in the direction DF gives.
+pub(crate) fn advance<C: EmulatorCallbacks>(
+    cpu: &mut Cpu<'_, C>,
+    reg: u8,
+    element: usize,
+    address_size: usize,
+) -> Res<(), C> {
+    let step = element as u64;
+    let old = cpu.gpr(reg)?;
+    let new = if cpu.state.rflags & RFLAGS_DF != 0 {
+        old.wrapping_sub(step)
+    } else {
+        old.wrapping_add(step)
+    };
+    cpu.set_gpr_sized(reg, new, address_size)
+}
+
+/// The operand at rSI (source segment, overridable) or rDI (always ES).
+pub(crate) fn string_operand<C: EmulatorCallbacks>(
+    cpu: &mut Cpu<'_, C>,
+    seg: Segment,
+    reg: u8,
+    address_size: usize,
+) -> Res<MemRef, C> {
+    Ok(MemRef {
+        seg,
+        offset: cpu.gpr(reg)? & address_mask(address_size),
+    })
+}
+
+impl StringOp {
+    /// Adds the registers the instruction reads beyond its explicit operands.
+    pub(crate) fn registers(self, set: RegSet, instr: &Instruction) -> RegSet {
+        let mut set = set.with(Slot::Gpr(RCX));
+        if self.kind != StringKind::Stos {
+            set = set
+                .with(Slot::Gpr(RSI))
+                .with_register(instr.memory_segment());
+        }
+        if self.kind != StringKind::Lods {
+            set = set.with(Slot::Gpr(RDI)).with(Slot::Seg(Segment::Es));
+        }
+        if self.kind != StringKind::Movs {
+            set = set.with(Slot::Gpr(RAX));
+        }
+        set
+    }
+}
+
+pub(super) fn run<C: EmulatorCallbacks>(
+    cpu: &mut Cpu<'_, C>,
+    instr: &Instruction,
+    op: StringOp,
+) -> Res<Progress, C> {
+    let size = instr.memory_size().size();
+    let (Some(address_size), true) = (string_address_size(instr), matches!(size, 1 | 2 | 4 | 8))
+    else {
+        return Err(unsupported(instr));
+    };
+    let source = segment_of(instr.memory_segment()).unwrap_or(Segment::Ds);
+    rep::run(cpu, instr, address_size, false, |cpu| {
+        let mut buf = [0u8; 8];
+        let data = buf.get_mut(..size).unwrap_or(&mut []);
+        match op.kind {
+            StringKind::Movs => {
+                let src = string_operand(cpu, source, RSI, address_size)?;
+                let dst = string_operand(cpu, Segment::Es, RDI, address_size)?;
+                let src = cpu.resolve(src, size, Intent::Read)?;
+                let dst = cpu.resolve(dst, size, Intent::Write)?;
+                cpu.read_span(&src, data)?;
+                cpu.write_span(&dst, data)?;
+                advance(cpu, RSI, size, address_size)?;
+                advance(cpu, RDI, size, address_size)
+            }
+            StringKind::Stos => {
+                let dst = string_operand(cpu, Segment::Es, RDI, address_size)?;
+                let value = cpu.read_reg(accumulator(size))?;
+                let dst = cpu.resolve(dst, size, Intent::Write)?;
+                data.copy_from_slice(value.to_le_bytes().get(..size).unwrap_or(&[]));
+                cpu.write_span(&dst, data)?;
+                advance(cpu, RDI, size, address_size)
+            }
+            StringKind::Lods => {
+                let src = string_operand(cpu, source, RSI, address_size)?;
+                cpu.read_mem(src, data)?;
+                cpu.write_reg(accumulator(size), u64::from_le_bytes(buf))?;
+                advance(cpu, RSI, size, address_size)
+            }
+        }
+    })
+}

@@ -1,0 +1,129 @@
+//! Segmentation, canonical form and alignment: offset → linear address, or the fault the
+//! processor raises instead (SDM Vol. 3A §5.3 limit checking, §5.4 type checking, §3.3.7.1
+//! canonical addressing; AMD APM Vol. 2 §4.12 for the same checks).
+
+use crate::access::Intent;
+use crate::callbacks::EmulatorCallbacks;
+use crate::error::{EmulationError, Exception};
+use crate::registers::{Segment, SegmentAttributes};
+use crate::state::{Cpu, Mode, RFLAGS_AC, Res};
+
+impl<C: EmulatorCallbacks> Cpu<'_, C> {
+    /// The linear address of `len` bytes at `offset` in `seg`, after every segmentation,
+    /// canonical-form and alignment check the processor makes for `intent`.
+    ///
+    /// Faults on a reference through SS are #SS(0), the others #GP(0).
+    pub(crate) fn linearize(
+        &mut self,
+        seg: Segment,
+        offset: u64,
+        len: usize,
+        intent: Intent,
+    ) -> Res<u64, C> {
+        let fault = || -> EmulationError<C::Error> {
+            if seg == Segment::Ss {
+                Exception::ss(0)
+            } else {
+                Exception::gp(0)
+            }
+            .into()
+        };
+        let last = u64::try_from(len.max(1) - 1).unwrap_or(0);
+        let linear = if self.state.mode == Mode::Long {
+            let base = match seg {
+                Segment::Fs | Segment::Gs => self.segment(seg)?.base,
+                _ => 0,
+            };
+            let linear = base.wrapping_add(offset);
+            let width = if self.cr4()? & (1 << 12) != 0 { 57 } else { 48 };
+            if !canonical(linear, width) || !canonical(linear.wrapping_add(last), width) {
+                return Err(fault());
+            }
+            linear
+        } else {
+            let desc = self.segment(seg)?;
+            let attrs = desc.attributes;
+            let real_like = matches!(self.state.mode, Mode::Real | Mode::Virtual8086);
+            if !real_like {
+                // A null or unusable selector reads as not present.
+                if !desc.present() {
+                    return Err(fault());
+                }
+                let code = attrs.contains(SegmentAttributes::CODE);
+                let rw = attrs.contains(SegmentAttributes::WRITABLE_OR_READABLE);
+                let allowed = match intent {
+                    Intent::Execute => code,
+                    Intent::Read => !code || rw,
+                    Intent::Write => !code && rw,
+                };
+                if !allowed {
+                    return Err(fault());
+                }
+            }
+            let end = offset.checked_add(last).ok_or_else(fault)?;
+            let limit = u64::from(desc.limit);
+            let expand_down = !attrs.contains(SegmentAttributes::CODE)
+                && attrs.contains(SegmentAttributes::EXPAND_DOWN_OR_CONFORMING)
+                && attrs.contains(SegmentAttributes::NON_SYSTEM);
+            let in_limit = if expand_down {
+                let upper = if attrs.contains(SegmentAttributes::DEFAULT_BIG) {
+                    0xFFFF_FFFF
+                } else {
+                    0xFFFF
+                };
+                offset > limit && end <= upper
+            } else {
+                end <= limit
+            };
+            if !in_limit {
+                return Err(fault());
+            }
+            desc.base.wrapping_add(offset) & 0xFFFF_FFFF
+        };
+        self.check_alignment(linear, len, intent)?;
+        Ok(linear)
+    }
+
+    /// #AC(0) for a misaligned data access at CPL 3 with CR0.AM and RFLAGS.AC set.
+    fn check_alignment(&self, linear: u64, len: usize, intent: Intent) -> Res<(), C> {
+        let armed = self.state.exec.cr0_am
+            && self.state.rflags & RFLAGS_AC != 0
+            && self.state.cpl == 3
+            && self.state.mode != Mode::Real;
+        if !armed || intent == Intent::Execute || !matches!(len, 2 | 4 | 8 | 16) {
+            return Ok(());
+        }
+        let misaligned = linear & (u64::try_from(len).unwrap_or(1) - 1) != 0;
+        if misaligned {
+            Err(Exception {
+                vector: crate::error::Vector::AlignmentCheck,
+                error_code: Some(0),
+                cr2: None,
+            }
+            .into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Whether `addr` is canonical for a `width`-bit linear address space.
+pub(crate) fn canonical(addr: u64, width: u32) -> bool {
+    let shift = 64 - width;
+    ((addr << shift) as i64 >> shift) as u64 == addr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical;
+
+    #[test]
+    fn canonical_boundaries() {
+        assert!(canonical(0x0000_7FFF_FFFF_FFFF, 48));
+        assert!(!canonical(0x0000_8000_0000_0000, 48));
+        assert!(canonical(0xFFFF_8000_0000_0000, 48));
+        assert!(!canonical(0xFFFF_7FFF_FFFF_FFFF, 48));
+        assert!(canonical(0x00FF_FFFF_FFFF_FFFF, 57));
+        assert!(!canonical(0x0100_0000_0000_0000, 57));
+    }
+}

@@ -1,0 +1,281 @@
+//! Register names and values, numbered as the platform numbers them.
+//!
+//! [`RegisterName`] keeps the `WHV_REGISTER_NAME` values, so a monitor on the Windows Hypervisor
+//! Platform can pass names straight through. Names hvemu adds beyond the platform's set are
+//! marked as such.
+
+use bitflags::bitflags;
+
+/// A register, by its platform number (`WHV_REGISTER_NAME`).
+///
+/// A newtype rather than an enum so that a monitor can pass through names hvemu does not know
+/// (the pending-event registers, say) without a lossy conversion.
+///
+/// ```
+/// use hvemu::RegisterName;
+/// assert_eq!(RegisterName::RAX.0, 0x00);
+/// assert_eq!(RegisterName::RIP.0, 0x10);
+/// assert_eq!(RegisterName::gpr(15), Some(RegisterName::R15));
+/// assert_eq!(RegisterName::EFER.0, 0x2001);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RegisterName(pub u32);
+
+#[allow(missing_docs)]
+impl RegisterName {
+    pub const RAX: Self = Self(0x00);
+    pub const RCX: Self = Self(0x01);
+    pub const RDX: Self = Self(0x02);
+    pub const RBX: Self = Self(0x03);
+    pub const RSP: Self = Self(0x04);
+    pub const RBP: Self = Self(0x05);
+    pub const RSI: Self = Self(0x06);
+    pub const RDI: Self = Self(0x07);
+    pub const R8: Self = Self(0x08);
+    pub const R9: Self = Self(0x09);
+    pub const R10: Self = Self(0x0A);
+    pub const R11: Self = Self(0x0B);
+    pub const R12: Self = Self(0x0C);
+    pub const R13: Self = Self(0x0D);
+    pub const R14: Self = Self(0x0E);
+    pub const R15: Self = Self(0x0F);
+    pub const RIP: Self = Self(0x10);
+    pub const RFLAGS: Self = Self(0x11);
+    pub const ES: Self = Self(0x12);
+    pub const CS: Self = Self(0x13);
+    pub const SS: Self = Self(0x14);
+    pub const DS: Self = Self(0x15);
+    pub const FS: Self = Self(0x16);
+    pub const GS: Self = Self(0x17);
+    pub const LDTR: Self = Self(0x18);
+    pub const TR: Self = Self(0x19);
+    pub const IDTR: Self = Self(0x1A);
+    pub const GDTR: Self = Self(0x1B);
+    pub const CR0: Self = Self(0x1C);
+    pub const CR2: Self = Self(0x1D);
+    pub const CR3: Self = Self(0x1E);
+    pub const CR4: Self = Self(0x1F);
+    pub const CR8: Self = Self(0x20);
+    pub const DR0: Self = Self(0x21);
+    pub const DR1: Self = Self(0x22);
+    pub const DR2: Self = Self(0x23);
+    pub const DR3: Self = Self(0x24);
+    pub const DR6: Self = Self(0x25);
+    pub const DR7: Self = Self(0x26);
+    pub const XMM0: Self = Self(0x1000);
+    pub const FP_MMX0: Self = Self(0x1010);
+    pub const FP_CONTROL_STATUS: Self = Self(0x1018);
+    pub const XMM_CONTROL_STATUS: Self = Self(0x1019);
+    pub const TSC: Self = Self(0x2000);
+    pub const EFER: Self = Self(0x2001);
+    pub const KERNEL_GS_BASE: Self = Self(0x2002);
+    pub const APIC_BASE: Self = Self(0x2003);
+    pub const PAT: Self = Self(0x2004);
+    pub const SYSENTER_CS: Self = Self(0x2005);
+    pub const SYSENTER_EIP: Self = Self(0x2006);
+    pub const SYSENTER_ESP: Self = Self(0x2007);
+    pub const STAR: Self = Self(0x2008);
+    pub const LSTAR: Self = Self(0x2009);
+    pub const CSTAR: Self = Self(0x200A);
+    pub const SFMASK: Self = Self(0x200B);
+    /// The platform's pending-interruption register (used for exception injection).
+    pub const PENDING_INTERRUPTION: Self = Self(0x8000_0000);
+    pub const INTERRUPT_STATE: Self = Self(0x8000_0001);
+    pub const PENDING_EVENT: Self = Self(0x8000_0002);
+
+    /// The general-purpose register with hardware number `n` (0 = RAX … 15 = R15).
+    pub const fn gpr(n: u8) -> Option<Self> {
+        if n < 16 { Some(Self(n as u32)) } else { None }
+    }
+
+    /// XMM register `n` (0..=15, the platform's set).
+    pub const fn xmm(n: u8) -> Option<Self> {
+        if n < 16 {
+            Some(Self(Self::XMM0.0 + n as u32))
+        } else {
+            None
+        }
+    }
+
+    /// The segment register for `seg` (ES, CS, SS, DS, FS, GS).
+    pub const fn segment(seg: Segment) -> Self {
+        Self(Self::ES.0 + seg as u32)
+    }
+}
+
+/// The six segment registers, in the hardware (and platform) order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Segment {
+    /// ES, the string destination segment.
+    Es = 0,
+    /// CS, the code segment.
+    Cs = 1,
+    /// SS, the stack segment.
+    Ss = 2,
+    /// DS, the default data segment.
+    Ds = 3,
+    /// FS.
+    Fs = 4,
+    /// GS.
+    Gs = 5,
+}
+
+impl Segment {
+    /// All six, in hardware order.
+    pub const ALL: [Segment; 6] = [
+        Segment::Es,
+        Segment::Cs,
+        Segment::Ss,
+        Segment::Ds,
+        Segment::Fs,
+        Segment::Gs,
+    ];
+}
+
+/// The value of one register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegisterValue {
+    /// A 64-bit register (GPRs, RIP, RFLAGS, control registers, MSRs).
+    U64(u64),
+    /// A 128-bit register (XMM, the FP/XMM control-status blocks).
+    U128(u128),
+    /// A segment register with its hidden descriptor cache.
+    Segment(SegmentRegister),
+    /// A descriptor-table register (GDTR, IDTR).
+    Table(TableRegister),
+}
+
+impl RegisterValue {
+    /// The value as a 64-bit integer, if it is one.
+    pub const fn as_u64(&self) -> Option<u64> {
+        match self {
+            Self::U64(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// The value as a segment register, if it is one.
+    pub const fn as_segment(&self) -> Option<SegmentRegister> {
+        match self {
+            Self::Segment(s) => Some(*s),
+            _ => None,
+        }
+    }
+
+    /// The value as a 128-bit integer, if it is one.
+    pub const fn as_u128(&self) -> Option<u128> {
+        match self {
+            Self::U128(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// The value as a descriptor-table register, if it is one.
+    pub const fn as_table(&self) -> Option<TableRegister> {
+        match self {
+            Self::Table(t) => Some(*t),
+            _ => None,
+        }
+    }
+}
+
+impl Default for RegisterValue {
+    fn default() -> Self {
+        Self::U64(0)
+    }
+}
+
+bitflags! {
+    /// The flag bits of a segment's attributes (`WHV_X64_SEGMENT_REGISTER.Attributes`).
+    ///
+    /// The 4-bit type (bits 0–3) and the DPL (bits 5–6) are fields, not flags: read them with
+    /// [`SegmentRegister::segment_type`] and [`SegmentRegister::dpl`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct SegmentAttributes: u16 {
+        /// Bit 0 of the type: accessed.
+        const ACCESSED = 1 << 0;
+        /// Bit 1 of the type: writable (data) or readable (code).
+        const WRITABLE_OR_READABLE = 1 << 1;
+        /// Bit 2 of the type: expand-down (data) or conforming (code).
+        const EXPAND_DOWN_OR_CONFORMING = 1 << 2;
+        /// Bit 3 of the type: code segment.
+        const CODE = 1 << 3;
+        /// S: a code or data segment rather than a system segment.
+        const NON_SYSTEM = 1 << 4;
+        /// P: present. A segment that is not present is unusable (a null selector).
+        const PRESENT = 1 << 7;
+        /// AVL: available to software.
+        const AVAILABLE = 1 << 12;
+        /// L: 64-bit code segment.
+        const LONG = 1 << 13;
+        /// D/B: default operand size 32 (code), big (stack, expand-down upper bound).
+        const DEFAULT_BIG = 1 << 14;
+        /// G: the limit counts 4 KiB pages.
+        const GRANULARITY = 1 << 15;
+        // Type and DPL bits are fields; keep them when converting.
+        const _ = !0;
+    }
+}
+
+/// A segment register with its hidden part (`WHV_X64_SEGMENT_REGISTER`).
+///
+/// `limit` is in bytes, already scaled by the granularity bit, as the platform reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SegmentRegister {
+    /// Linear base address.
+    pub base: u64,
+    /// Limit in bytes (the last valid offset for expand-up segments).
+    pub limit: u32,
+    /// Visible selector.
+    pub selector: u16,
+    /// Attribute bits: type, S, DPL, P, AVL, L, D/B, G.
+    pub attributes: SegmentAttributes,
+}
+
+impl SegmentRegister {
+    /// A present, writable, accessed data segment as real mode loads it: base = selector × 16,
+    /// limit 0xFFFF.
+    pub const fn real_mode(selector: u16) -> Self {
+        Self {
+            base: (selector as u64) << 4,
+            limit: 0xFFFF,
+            selector,
+            attributes: SegmentAttributes::from_bits_retain(0x93),
+        }
+    }
+
+    /// A flat (base 0, 4 GiB) segment with the given attribute bits.
+    pub const fn flat(selector: u16, attributes: u16) -> Self {
+        Self {
+            base: 0,
+            limit: u32::MAX,
+            selector,
+            attributes: SegmentAttributes::from_bits_retain(attributes),
+        }
+    }
+
+    /// The 4-bit descriptor type.
+    pub const fn segment_type(&self) -> u8 {
+        (self.attributes.bits() & 0xF) as u8
+    }
+
+    /// The descriptor privilege level.
+    pub const fn dpl(&self) -> u8 {
+        ((self.attributes.bits() >> 5) & 3) as u8
+    }
+
+    /// Whether the segment is present (usable).
+    pub const fn present(&self) -> bool {
+        self.attributes.contains(SegmentAttributes::PRESENT)
+    }
+}
+
+/// A descriptor-table register, GDTR or IDTR (`WHV_X64_TABLE_REGISTER`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TableRegister {
+    /// Linear base address.
+    pub base: u64,
+    /// Limit in bytes.
+    pub limit: u16,
+}

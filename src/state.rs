@@ -1,0 +1,437 @@
+//! The register snapshot of one emulation: gathered in one `get_registers` batch, changed in
+//! place, committed by one `set_registers` on success.
+
+use iced_x86::Register;
+
+use crate::callbacks::EmulatorCallbacks;
+use crate::context::{ExecutionState, VpExitContext};
+use crate::error::EmulationError;
+use crate::registers::{RegisterName, RegisterValue, Segment, SegmentAttributes, SegmentRegister};
+
+/// The result type inside the emulator, carrying the monitor's error type.
+pub(crate) type Res<T, C> = Result<T, EmulationError<<C as EmulatorCallbacks>::Error>>;
+
+pub(crate) const RFLAGS_ZF: u64 = 1 << 6;
+pub(crate) const RFLAGS_DF: u64 = 1 << 10;
+pub(crate) const RFLAGS_AC: u64 = 1 << 18;
+pub(crate) const RFLAGS_VM: u64 = 1 << 17;
+pub(crate) const RFLAGS_RF: u64 = 1 << 16;
+
+/// How the processor forms addresses and checks them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// CR0.PE = 0: segments are base + limit only, no paging.
+    Real,
+    /// RFLAGS.VM under protected mode: real-mode addressing at CPL 3, paging possible.
+    Virtual8086,
+    /// Protected mode, including compatibility mode under long mode: full segmentation.
+    Protected,
+    /// 64-bit mode: flat segments (FS/GS bases only), canonical addresses.
+    Long,
+}
+
+/// A set of registers the snapshot can hold, as a bit mask over [`Slot`]s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) struct RegSet(u32);
+
+/// Where a register lives in the snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// RAX..R15 by hardware number.
+    Gpr(u8),
+    /// ES..GS.
+    Seg(Segment),
+    /// The task register (for the I/O permission bitmap).
+    Tr,
+    /// CR4 (LA57 decides the canonical width).
+    Cr4,
+}
+
+const SLOT_COUNT: usize = 24;
+
+impl Slot {
+    const fn index(self) -> u32 {
+        match self {
+            Slot::Gpr(n) => (n & 15) as u32,
+            Slot::Seg(s) => 16 + s as u32,
+            Slot::Tr => 22,
+            Slot::Cr4 => 23,
+        }
+    }
+
+    const fn from_index(i: u32) -> Slot {
+        match i {
+            0..=15 => Slot::Gpr(i as u8),
+            16 => Slot::Seg(Segment::Es),
+            17 => Slot::Seg(Segment::Cs),
+            18 => Slot::Seg(Segment::Ss),
+            19 => Slot::Seg(Segment::Ds),
+            20 => Slot::Seg(Segment::Fs),
+            21 => Slot::Seg(Segment::Gs),
+            22 => Slot::Tr,
+            _ => Slot::Cr4,
+        }
+    }
+
+    const fn name(self) -> RegisterName {
+        match self {
+            Slot::Gpr(n) => RegisterName((n & 15) as u32),
+            Slot::Seg(s) => RegisterName::segment(s),
+            Slot::Tr => RegisterName::TR,
+            Slot::Cr4 => RegisterName::CR4,
+        }
+    }
+}
+
+impl RegSet {
+    pub(crate) const EMPTY: RegSet = RegSet(0);
+
+    pub(crate) const fn with(self, slot: Slot) -> RegSet {
+        RegSet(self.0 | 1 << slot.index())
+    }
+
+    pub(crate) const fn without(self, slot: Slot) -> RegSet {
+        RegSet(self.0 & !(1 << slot.index()))
+    }
+
+    const fn contains(self, slot: Slot) -> bool {
+        self.0 & (1 << slot.index()) != 0
+    }
+
+    /// Adds the full GPR behind an iced register (AL, AX, EAX and RAX all mean RAX); other
+    /// registers are ignored.
+    pub(crate) fn with_register(self, reg: Register) -> RegSet {
+        match gpr_index(reg) {
+            Some(n) => self.with(Slot::Gpr(n)),
+            None => match segment_of(reg) {
+                Some(s) => self.with(Slot::Seg(s)),
+                None => self,
+            },
+        }
+    }
+}
+
+/// The hardware number of the GPR behind `reg`, if it is a GPR.
+pub(crate) fn gpr_index(reg: Register) -> Option<u8> {
+    if !reg.is_gpr() {
+        return None;
+    }
+    let full = reg.full_register() as u32;
+    full.checked_sub(Register::RAX as u32)
+        .and_then(|n| u8::try_from(n).ok())
+        .filter(|n| *n < 16)
+}
+
+/// The segment named by an iced segment register.
+pub(crate) fn segment_of(reg: Register) -> Option<Segment> {
+    Some(match reg {
+        Register::ES => Segment::Es,
+        Register::CS => Segment::Cs,
+        Register::SS => Segment::Ss,
+        Register::DS => Segment::Ds,
+        Register::FS => Segment::Fs,
+        Register::GS => Segment::Gs,
+        _ => return None,
+    })
+}
+
+/// One emulation's view of the processor.
+#[derive(Clone, Debug)]
+pub(crate) struct State {
+    /// Addressing mode.
+    pub mode: Mode,
+    /// Default operand/address size of the code segment: 16, 32 or 64.
+    pub code_bits: u32,
+    /// Current privilege level.
+    pub cpl: u8,
+    /// The execution state the exit reported.
+    pub exec: ExecutionState,
+    /// RIP of the instruction.
+    pub rip: u64,
+    /// RFLAGS as the instruction leaves it.
+    pub rflags: u64,
+    rflags_at_exit: u64,
+    gpr: [u64; 16],
+    seg: [SegmentRegister; 6],
+    tr: SegmentRegister,
+    cr4: u64,
+    loaded: RegSet,
+    dirty: RegSet,
+}
+
+impl State {
+    /// Derives the mode from the exit context alone, so that no register read is needed to
+    /// decode.
+    pub(crate) fn new(vp: &VpExitContext) -> State {
+        let exec = vp.execution_state;
+        let long_code = vp.cs.attributes.contains(SegmentAttributes::LONG);
+        let big = vp.cs.attributes.contains(SegmentAttributes::DEFAULT_BIG);
+        let (mode, code_bits) = if !exec.cr0_pe {
+            (Mode::Real, if big { 32 } else { 16 })
+        } else if exec.efer_lma && long_code {
+            (Mode::Long, 64)
+        } else if !exec.efer_lma && vp.rflags & RFLAGS_VM != 0 {
+            (Mode::Virtual8086, 16)
+        } else {
+            (Mode::Protected, if big { 32 } else { 16 })
+        };
+        let cpl = match mode {
+            Mode::Real => 0,
+            Mode::Virtual8086 => 3,
+            _ => exec.cpl & 3,
+        };
+        let mut seg = [SegmentRegister::default(); 6];
+        seg[Segment::Cs as usize] = vp.cs;
+        State {
+            mode,
+            code_bits,
+            cpl,
+            exec,
+            rip: vp.rip,
+            rflags: vp.rflags,
+            rflags_at_exit: vp.rflags,
+            gpr: [0; 16],
+            seg,
+            tr: SegmentRegister::default(),
+            cr4: 0,
+            loaded: RegSet::EMPTY.with(Slot::Seg(Segment::Cs)),
+            dirty: RegSet::EMPTY,
+        }
+    }
+
+    /// Seeds a GPR the exit context already carries.
+    pub(crate) fn preload_gpr(&mut self, n: u8, value: u64) {
+        if let Some(r) = self.gpr.get_mut(usize::from(n)) {
+            *r = value;
+            self.loaded = self.loaded.with(Slot::Gpr(n));
+        }
+    }
+
+    /// Seeds a segment register the exit context already carries.
+    pub(crate) fn preload_segment(&mut self, s: Segment, value: SegmentRegister) {
+        self.seg[s as usize] = value;
+        self.loaded = self.loaded.with(Slot::Seg(s));
+    }
+
+    /// Whether the processor is in 64-bit mode.
+    pub(crate) fn is_long(&self) -> bool {
+        self.mode == Mode::Long
+    }
+
+    /// Masks an instruction pointer to the code segment's width.
+    pub(crate) fn mask_ip(&self, ip: u64) -> u64 {
+        match self.code_bits {
+            16 => ip & 0xFFFF,
+            32 => ip & 0xFFFF_FFFF,
+            _ => ip,
+        }
+    }
+
+    fn store(&mut self, slot: Slot, value: RegisterValue) -> Result<(), RegisterName> {
+        let bad = slot.name();
+        match slot {
+            Slot::Gpr(n) => self.gpr[usize::from(n & 15)] = value.as_u64().ok_or(bad)?,
+            Slot::Seg(s) => self.seg[s as usize] = value.as_segment().ok_or(bad)?,
+            Slot::Tr => self.tr = value.as_segment().ok_or(bad)?,
+            Slot::Cr4 => self.cr4 = value.as_u64().ok_or(bad)?,
+        }
+        Ok(())
+    }
+}
+
+/// The emulation in progress: the monitor's callbacks plus everything gathered so far.
+pub(crate) struct Cpu<'a, C: EmulatorCallbacks> {
+    /// The monitor.
+    pub cb: &'a mut C,
+    /// Registers.
+    pub state: State,
+    /// Settings.
+    pub config: &'a crate::Config,
+    /// Translations made during this call.
+    pub tlb: crate::access::Tlb,
+    /// What the exit already says about the faulting access, if anything.
+    pub hint: Option<crate::access::GpaHint>,
+    /// The port of a port exit (the value DX held), so a DX form needs no register read.
+    pub port_hint: Option<u16>,
+}
+
+impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
+    pub(crate) fn new(cb: &'a mut C, config: &'a crate::Config, vp: &VpExitContext) -> Self {
+        Cpu {
+            cb,
+            state: State::new(vp),
+            config,
+            tlb: crate::access::Tlb::default(),
+            hint: None,
+            port_hint: None,
+        }
+    }
+
+    /// Reads every register in `set` not yet held, in one `get_registers` call.
+    pub(crate) fn fetch(&mut self, set: RegSet) -> Res<(), C> {
+        let missing = set.0 & !self.state.loaded.0;
+        if missing == 0 {
+            return Ok(());
+        }
+        let mut names = [RegisterName(0); SLOT_COUNT];
+        let mut slots = [Slot::Tr; SLOT_COUNT];
+        let mut count = 0;
+        for i in 0..SLOT_COUNT as u32 {
+            if missing & (1 << i) != 0 {
+                let slot = Slot::from_index(i);
+                names[count] = slot.name();
+                slots[count] = slot;
+                count += 1;
+            }
+        }
+        let mut values = [RegisterValue::default(); SLOT_COUNT];
+        self.cb
+            .get_registers(&names[..count], &mut values[..count])
+            .map_err(EmulationError::GetRegisters)?;
+        for (slot, value) in slots.iter().zip(values).take(count) {
+            self.state
+                .store(*slot, value)
+                .map_err(EmulationError::BadRegisterValue)?;
+        }
+        self.state.loaded.0 |= missing;
+        Ok(())
+    }
+
+    fn ensure(&mut self, slot: Slot) -> Res<(), C> {
+        if self.state.loaded.contains(slot) {
+            Ok(())
+        } else {
+            self.fetch(RegSet::EMPTY.with(slot))
+        }
+    }
+
+    /// A full 64-bit GPR by hardware number.
+    pub(crate) fn gpr(&mut self, n: u8) -> Res<u64, C> {
+        self.ensure(Slot::Gpr(n & 15))?;
+        Ok(self.state.gpr[usize::from(n & 15)])
+    }
+
+    /// Writes a full 64-bit GPR.
+    pub(crate) fn set_gpr(&mut self, n: u8, value: u64) {
+        let n = n & 15;
+        self.state.gpr[usize::from(n)] = value;
+        self.state.loaded = self.state.loaded.with(Slot::Gpr(n));
+        self.state.dirty = self.state.dirty.with(Slot::Gpr(n));
+    }
+
+    /// A segment register.
+    pub(crate) fn segment(&mut self, s: Segment) -> Res<SegmentRegister, C> {
+        self.ensure(Slot::Seg(s))?;
+        Ok(self.state.seg[s as usize])
+    }
+
+    /// The task register.
+    pub(crate) fn tr(&mut self) -> Res<SegmentRegister, C> {
+        self.ensure(Slot::Tr)?;
+        Ok(self.state.tr)
+    }
+
+    /// CR4.
+    pub(crate) fn cr4(&mut self) -> Res<u64, C> {
+        self.ensure(Slot::Cr4)?;
+        Ok(self.state.cr4)
+    }
+
+    /// The value of a GPR operand at its own width (AL, AH, AX, EAX or RAX).
+    pub(crate) fn read_reg(&mut self, reg: Register) -> Res<u64, C> {
+        let Some(n) = gpr_index(reg) else {
+            return Err(EmulationError::Unsupported {
+                code: iced_x86::Code::INVALID,
+            });
+        };
+        let full = self.gpr(n)?;
+        Ok(if is_high_byte(reg) {
+            (full >> 8) & 0xFF
+        } else {
+            full & width_mask(reg.size())
+        })
+    }
+
+    /// Writes a GPR operand at its own width: 8- and 16-bit writes merge, 32-bit writes
+    /// zero-extend, as the processor does.
+    pub(crate) fn write_reg(&mut self, reg: Register, value: u64) -> Res<(), C> {
+        let Some(n) = gpr_index(reg) else {
+            return Err(EmulationError::Unsupported {
+                code: iced_x86::Code::INVALID,
+            });
+        };
+        let new = match reg.size() {
+            1 | 2 => {
+                let old = self.gpr(n)?;
+                let (shift, mask) = if is_high_byte(reg) {
+                    (8, 0xFF)
+                } else {
+                    (0, width_mask(reg.size()))
+                };
+                (old & !(mask << shift)) | ((value & mask) << shift)
+            }
+            4 => value & 0xFFFF_FFFF,
+            _ => value,
+        };
+        self.set_gpr(n, new);
+        Ok(())
+    }
+
+    /// Commits the changed registers (and RIP, and RFLAGS if it changed) in one
+    /// `set_registers` call. RF is cleared: the instruction completed (or made progress).
+    pub(crate) fn commit(&mut self, new_rip: u64) -> Res<(), C> {
+        let mut names = [RegisterName(0); 18];
+        let mut values = [RegisterValue::default(); 18];
+        let mut count = 0;
+        for n in 0..16u8 {
+            if self.state.dirty.contains(Slot::Gpr(n)) {
+                names[count] = RegisterName(u32::from(n));
+                values[count] = RegisterValue::U64(self.state.gpr[usize::from(n)]);
+                count += 1;
+            }
+        }
+        names[count] = RegisterName::RIP;
+        values[count] = RegisterValue::U64(new_rip);
+        count += 1;
+        let rflags = self.state.rflags & !RFLAGS_RF;
+        if rflags != self.state.rflags_at_exit {
+            names[count] = RegisterName::RFLAGS;
+            values[count] = RegisterValue::U64(rflags);
+            count += 1;
+        }
+        self.cb
+            .set_registers(&names[..count], &values[..count])
+            .map_err(EmulationError::SetRegisters)
+    }
+}
+
+fn is_high_byte(reg: Register) -> bool {
+    matches!(
+        reg,
+        Register::AH | Register::CH | Register::DH | Register::BH
+    )
+}
+
+/// All-ones in the low `bytes` bytes.
+pub(crate) const fn width_mask(bytes: usize) -> u64 {
+    match bytes {
+        1 => 0xFF,
+        2 => 0xFFFF,
+        4 => 0xFFFF_FFFF,
+        _ => u64::MAX,
+    }
+}
+
+impl<C: EmulatorCallbacks> Cpu<'_, C> {
+    /// Writes a GPR used as an address or count of `size` bytes: a 16-bit update keeps the
+    /// upper bits, a 32-bit one zero-extends (SDM Vol. 1 §3.4.1.1).
+    pub(crate) fn set_gpr_sized(&mut self, n: u8, value: u64, size: usize) -> Res<(), C> {
+        let new = match size {
+            2 => (self.gpr(n)? & !0xFFFF) | (value & 0xFFFF),
+            4 => value & 0xFFFF_FFFF,
+            _ => value,
+        };
+        self.set_gpr(n, new);
+        Ok(())
+    }
+}
