@@ -1,0 +1,65 @@
+//! Linux KVM guest harness for integration tests (x86-64 hosts only).
+//!
+//! Include with `mod kvm;` from a test crate that is itself gated with
+//! `#![cfg(all(target_os = "linux", target_arch = "x86_64"))]`.
+//! It does not use the `hvemu` library: it provides a reference execution
+//! (real KVM) that other implementations can be compared against.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+// Each test crate uses a different subset of the harness.
+#![allow(dead_code, unused_imports)]
+
+pub mod devices;
+pub mod guest;
+pub mod layout;
+pub mod memory;
+pub mod paging;
+pub mod tables;
+pub mod vcpu;
+
+pub use devices::{Access, Bus, ByteDevice, FifoPort, Space};
+pub use guest::{ExceptionRecord, Guest, GuestConfig, Mode};
+pub use kvm_ioctls::Kvm;
+pub use memory::GuestMemory;
+pub use paging::{PageFlags, PageTables, PagingKind};
+pub use vcpu::{Exit, Vcpu};
+
+/// Set to `1` to turn a missing `/dev/kvm` into a test failure instead of a skip.
+pub const REQUIRE_ENV: &str = "HVEMU_REQUIRE_KVM";
+
+/// True if `/dev/kvm` can be opened.
+pub fn kvm_available() -> bool {
+    Kvm::new().is_ok()
+}
+
+/// Opens `/dev/kvm`. If that fails, prints `SKIPPED (no /dev/kvm): <test>` to
+/// stderr and returns None, or panics when `HVEMU_REQUIRE_KVM=1`.
+pub fn require_kvm_or_skip(test_name: &str) -> Option<Kvm> {
+    match Kvm::new() {
+        Ok(kvm) => Some(kvm),
+        Err(e) => {
+            if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
+                panic!("{test_name}: {REQUIRE_ENV}=1 but /dev/kvm cannot be opened: {e}");
+            }
+            eprintln!("SKIPPED (no /dev/kvm): {test_name} ({e})");
+            None
+        }
+    }
+}
+
+/// Set to `1` to turn "host KVM cannot run this mode" into a failure.
+pub const REQUIRE_MODES_ENV: &str = "HVEMU_REQUIRE_ALL_KVM_MODES";
+
+/// Builds a guest in `mode`, or prints `SKIPPED (host KVM cannot run <mode>)`
+/// and returns None when KVM rejects the mode (unless `HVEMU_REQUIRE_ALL_KVM_MODES=1`).
+pub fn guest_or_skip(kvm: &Kvm, mode: Mode, test_name: &str) -> Option<Guest> {
+    match Guest::try_new(kvm, mode) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            if std::env::var(REQUIRE_MODES_ENV).as_deref() == Ok("1") {
+                panic!("{test_name}: {e}");
+            }
+            eprintln!("SKIPPED (host KVM cannot run {mode:?}): {test_name}: {e}");
+            None
+        }
+    }
+}
