@@ -5,7 +5,7 @@ mod kvm;
 
 use iced_x86::code_asm::*;
 use kvm::layout;
-use kvm::{Exit, Guest, Mode};
+use kvm::{Access, Bus, Exit, Guest, Mode, PageFlags};
 
 const MMIO_W: u64 = 0x10;
 const MMIO_R: u64 = 0x20;
@@ -189,4 +189,476 @@ io_program_tests! {
     io_program_compat32 => Mode::Compat32,
     io_program_compat16 => Mode::Compat16,
     io_program_user64 => Mode::User64,
+}
+
+/// Assembles `build` for `g`'s mode, loads it, and returns the linear
+/// address of each label in `labels` order (RIP-style, i.e. code-origin based).
+fn load_with_labels(
+    g: &mut Guest,
+    build: impl FnOnce(&mut CodeAssembler, &mut Vec<CodeLabel>),
+) -> Vec<u64> {
+    let mut a = g.asm();
+    let mut labels = Vec::new();
+    build(&mut a, &mut labels);
+    let res = a
+        .assemble_options(
+            g.mode.code_origin(),
+            iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+        )
+        .unwrap();
+    g.load_code(&res.inner.code_buffer);
+    labels.iter().map(|l| res.label_ip(l).unwrap()).collect()
+}
+
+fn label_here(a: &mut CodeAssembler, labels: &mut Vec<CodeLabel>) {
+    let mut l = a.create_label();
+    a.set_label(&mut l).unwrap();
+    labels.push(l);
+}
+
+/// Runs until HLT (no device accesses expected) and returns the exception record.
+fn run_to_fault(g: &mut Guest) -> kvm::ExceptionRecord {
+    let e = g.run_until_exit();
+    assert_eq!(e, Exit::Hlt, "{:?}", g.mode);
+    assert!(
+        g.in_exception_handler(),
+        "{:?}: halted outside the handlers",
+        g.mode
+    );
+    g.exception_record().expect("exception record")
+}
+
+#[test]
+fn page_fault_not_present_long64() {
+    let test = "page_fault_not_present_long64";
+    let Some(kvm) = kvm::require_kvm_or_skip(test) else {
+        return;
+    };
+    let Some(mut g) = kvm::guest_or_skip(&kvm, Mode::Long64, test) else {
+        return;
+    };
+    const VA: u64 = 0x7000_0123;
+    let at = load_with_labels(&mut g, |a, l| {
+        a.mov(ecx, 0xC0DE).unwrap();
+        a.mov(eax, VA as u32).unwrap();
+        label_here(a, l);
+        a.mov(dword_ptr(rax), ecx).unwrap();
+        a.hlt().unwrap();
+    });
+    assert_eq!(g.vcpu.translate(VA), None);
+    let rec = run_to_fault(&mut g);
+    assert_eq!(rec.vector, 14, "{rec:x?}");
+    assert_eq!(
+        rec.error_code, 0b10,
+        "write to a not-present page: {rec:x?}"
+    );
+    assert_eq!(rec.cr2, VA);
+    assert_eq!(g.vcpu.sregs().cr2, VA);
+    assert_eq!(rec.rip, at[0], "#PF reports the faulting instruction");
+    assert_eq!(rec.cs, kvm::layout::sel::KERNEL_CS64);
+    assert_eq!(rec.rsp, layout::STACK_TOP);
+    assert_eq!(rec.count, 1);
+    // The handler preserves GPRs.
+    assert_eq!(g.vcpu.regs().rcx, 0xC0DE);
+}
+
+#[test]
+fn page_fault_permissions_long64() {
+    let test = "page_fault_permissions_long64";
+    let Some(kvm) = kvm::require_kvm_or_skip(test) else {
+        return;
+    };
+    // (flags, access, expected error code)
+    let ro = PageFlags::RO;
+    let nx = PageFlags::RW.no_exec();
+    let cases: [(PageFlags, &str, u64); 3] =
+        [(ro, "write", 0b11), (nx, "exec", 0b1_0001), (ro, "read", 0)];
+    for (flags, access, err) in cases {
+        let Some(mut g) = kvm::guest_or_skip(&kvm, Mode::Long64, test) else {
+            return;
+        };
+        const VA: u64 = 0x6000_0000;
+        g.map_page(VA, layout::DATA, flags);
+        g.mem.write_u8(layout::DATA, 0xC3); // ret, in case execution is allowed
+        let at = load_with_labels(&mut g, |a, l| {
+            a.mov(eax, VA as u32).unwrap();
+            label_here(a, l);
+            match access {
+                "write" => a.mov(dword_ptr(rax), ecx).unwrap(),
+                "read" => a.mov(ecx, dword_ptr(rax)).unwrap(),
+                _ => a.call(rax).unwrap(),
+            }
+            a.hlt().unwrap();
+        });
+        if access == "read" {
+            // Readable: no fault, plain HLT.
+            assert_eq!(g.run_until_exit(), Exit::Hlt);
+            assert_eq!(g.exception_record(), None);
+            continue;
+        }
+        let rec = run_to_fault(&mut g);
+        assert_eq!(
+            (rec.vector, rec.error_code, rec.cr2),
+            (14, err, VA),
+            "{access}: {rec:x?}"
+        );
+        let expected_rip = if access == "exec" { VA } else { at[0] };
+        assert_eq!(rec.rip, expected_rip, "{access}");
+    }
+}
+
+#[test]
+fn page_fault_user_on_supervisor_page() {
+    let test = "page_fault_user_on_supervisor_page";
+    let Some(kvm) = kvm::require_kvm_or_skip(test) else {
+        return;
+    };
+    let Some(mut g) = kvm::guest_or_skip(&kvm, Mode::User64, test) else {
+        return;
+    };
+    let at = load_with_labels(&mut g, |a, l| {
+        label_here(a, l);
+        a.mov(eax, dword_ptr(layout::GDT)).unwrap();
+        a.hlt().unwrap();
+    });
+    let rec = run_to_fault(&mut g);
+    assert_eq!(
+        (rec.vector, rec.error_code),
+        (14, 0b101),
+        "user read, present: {rec:x?}"
+    );
+    assert_eq!((rec.cr2, rec.rip), (layout::GDT, at[0]));
+    assert_eq!(rec.cs, kvm::layout::sel::USER_CS64 | 3);
+    assert_eq!(rec.ss, kvm::layout::sel::USER_DS | 3);
+    assert_eq!(
+        rec.rsp,
+        layout::STACK_TOP,
+        "user RSP pushed by the ring switch"
+    );
+}
+
+#[test]
+fn general_protection_non_canonical_long64() {
+    let test = "general_protection_non_canonical_long64";
+    let Some(kvm) = kvm::require_kvm_or_skip(test) else {
+        return;
+    };
+    let Some(mut g) = kvm::guest_or_skip(&kvm, Mode::Long64, test) else {
+        return;
+    };
+    let at = load_with_labels(&mut g, |a, l| {
+        a.mov(rax, 0x8000_0000_0000_0000u64).unwrap();
+        label_here(a, l);
+        a.mov(qword_ptr(rax), rcx).unwrap();
+        a.hlt().unwrap();
+    });
+    let rec = run_to_fault(&mut g);
+    assert_eq!(
+        (rec.vector, rec.error_code, rec.rip),
+        (13, 0, at[0]),
+        "{rec:x?}"
+    );
+}
+
+/// Loading a selector beyond the GDT limit: #GP with the selector as error
+/// code, through the 32-bit IDT (legacy modes) or the 64-bit IDT (compat).
+#[test]
+fn general_protection_bad_selector() {
+    let test = "general_protection_bad_selector";
+    let Some(kvm) = kvm::require_kvm_or_skip(test) else {
+        return;
+    };
+    for mode in [
+        Mode::Protected16,
+        Mode::Protected32,
+        Mode::Compat32,
+        Mode::Compat16,
+    ] {
+        let Some(mut g) = kvm::guest_or_skip(&kvm, mode, test) else {
+            continue;
+        };
+        let at = load_with_labels(&mut g, |a, l| {
+            a.mov(ax, 0x7F8).unwrap();
+            label_here(a, l);
+            a.mov(es, ax).unwrap();
+            a.hlt().unwrap();
+        });
+        let code_sel = g.vcpu.sregs().cs.selector;
+        let rec = run_to_fault(&mut g);
+        assert_eq!(
+            (rec.vector, rec.error_code, rec.rip),
+            (13, 0x7F8, at[0]),
+            "{mode:?}: {rec:x?}"
+        );
+        assert_eq!(rec.cs, code_sel, "{mode:?}: CS in the exception frame");
+        assert_eq!(
+            rec.rflags & 0x2,
+            0x2,
+            "{mode:?}: RFLAGS in the exception frame"
+        );
+    }
+}
+
+/// Real mode: #DE and `int n` go through the IVT.
+#[test]
+fn real_mode_ivt() {
+    let test = "real_mode_ivt";
+    let Some(kvm) = kvm::require_kvm_or_skip(test) else {
+        return;
+    };
+    let Some(mut g) = kvm::guest_or_skip(&kvm, Mode::Real, test) else {
+        return;
+    };
+    let at = load_with_labels(&mut g, |a, l| {
+        a.xor(cx, cx).unwrap();
+        a.mov(ax, 7).unwrap();
+        label_here(a, l);
+        a.div(cl).unwrap();
+        a.hlt().unwrap();
+    });
+    let rec = run_to_fault(&mut g);
+    assert_eq!(
+        (rec.vector, rec.rip, rec.cs),
+        (0, at[0], 0x1000),
+        "#DE: {rec:x?}"
+    );
+
+    let Some(mut g) = kvm::guest_or_skip(&kvm, Mode::Real, test) else {
+        return;
+    };
+    let at = load_with_labels(&mut g, |a, l| {
+        a.int(0x21).unwrap();
+        label_here(a, l);
+        a.hlt().unwrap();
+    });
+    let rec = run_to_fault(&mut g);
+    assert_eq!(
+        (rec.vector, rec.rip, rec.cs),
+        (0x21, at[0], 0x1000),
+        "int 0x21: {rec:x?}"
+    );
+    assert_eq!(rec.rsp, layout::STACK16_TOP);
+}
+
+/// A virtual page aliasing MMIO: accesses exit with the aliased GPA.
+#[test]
+fn alias_page_to_mmio_long64() {
+    let test = "alias_page_to_mmio_long64";
+    let Some(kvm) = kvm::require_kvm_or_skip(test) else {
+        return;
+    };
+    let Some(mut g) = kvm::guest_or_skip(&kvm, Mode::Long64, test) else {
+        return;
+    };
+    const VA: u64 = 0x5000_0000;
+    const GPA: u64 = layout::HIGH_MMIO + 0x3000;
+    g.map_page(VA, GPA, PageFlags::RW);
+    assert_eq!(g.vcpu.translate(VA + 0x10), Some((GPA + 0x10, true, false)));
+    load_with_labels(&mut g, |a, _| {
+        a.mov(eax, VA as u32).unwrap();
+        a.mov(word_ptr(rax + 0x10), 0xBEEFu32).unwrap();
+        a.hlt().unwrap();
+    });
+    let e = g.run_until_exit();
+    assert_eq!(
+        e,
+        Exit::Mmio {
+            gpa: GPA + 0x10,
+            len: 2,
+            is_write: true,
+            data: [0xEF, 0xBE, 0, 0, 0, 0, 0, 0]
+        }
+    );
+    assert_eq!(e.write_value(), 0xBEEF);
+    assert_eq!(g.run_until_exit(), Exit::Hlt);
+}
+
+/// Read-modify-write on MMIO is a read exit followed by a write exit.
+#[test]
+fn mmio_read_modify_write_long64() {
+    let test = "mmio_read_modify_write_long64";
+    let Some(kvm) = kvm::require_kvm_or_skip(test) else {
+        return;
+    };
+    let Some(mut g) = kvm::guest_or_skip(&kvm, Mode::Long64, test) else {
+        return;
+    };
+    load_with_labels(&mut g, |a, _| {
+        a.mov(ebx, layout::HIGH_MMIO as u32).unwrap();
+        a.add(qword_ptr(rbx + 8), 0x10).unwrap();
+        a.hlt().unwrap();
+    });
+    let mut bus = Bus::new().with_mmio(layout::HIGH_MMIO, 0x100);
+    bus.mmio_device(layout::HIGH_MMIO)
+        .write_value(layout::HIGH_MMIO + 8, 8, 0x1_0000_00F8);
+    assert_eq!(g.run_with(&mut bus), Exit::Hlt);
+    assert_eq!(
+        bus.log,
+        [
+            Access::mmio_read(layout::HIGH_MMIO + 8, 8, 0x1_0000_00F8),
+            Access::mmio_write(layout::HIGH_MMIO + 8, 8, 0x1_0000_0108),
+        ]
+    );
+    assert_eq!(
+        bus.mmio_device(layout::HIGH_MMIO)
+            .read_value(layout::HIGH_MMIO + 8, 8),
+        0x1_0000_0108
+    );
+    // Flags from the add are architectural: no carry, not zero.
+    assert_eq!(g.vcpu.regs().rflags & 0x41, 0);
+}
+
+/// The same device program run in different modes yields identical logs,
+/// which is how the harness compares implementations access by access.
+#[test]
+fn bus_logs_compare_across_modes() {
+    let test = "bus_logs_compare_across_modes";
+    let Some(kvm) = kvm::require_kvm_or_skip(test) else {
+        return;
+    };
+    let mut logs = Vec::new();
+    for mode in [Mode::Protected32, Mode::Long64, Mode::Compat16] {
+        let Some(mut g) = kvm::guest_or_skip(&kvm, mode, test) else {
+            continue;
+        };
+        load_with_labels(&mut g, |a, _| {
+            a.mov(ebx, layout::HIGH_MMIO as u32).unwrap();
+            let m = |off: i32| {
+                if mode.bitness() == 64 {
+                    ptr(rbx + off)
+                } else {
+                    ptr(ebx + off)
+                }
+            };
+            a.mov(eax, dword_ptr(m(4))).unwrap(); // device preset
+            a.mov(byte_ptr(m(0)), al).unwrap();
+            a.mov(dx, 0x60).unwrap();
+            a.in_(ax, dx).unwrap(); // FIFO, two bytes
+            a.mov(word_ptr(m(2)), ax).unwrap();
+            a.mov(esi, layout::LOW_SCRATCH as u32).unwrap();
+            a.mov(ecx, 2).unwrap();
+            a.mov(dx, 0x70).unwrap();
+            a.rep().outsw().unwrap();
+            a.hlt().unwrap();
+        });
+        g.mem.write(layout::LOW_SCRATCH, &[1, 2, 3, 4]);
+        let mut bus = Bus::new()
+            .with_mmio(layout::HIGH_MMIO, 0x10)
+            .with_ports(0x70, 2)
+            .with_fifo(0x60, &[0xAB, 0xCD]);
+        bus.mmio_device(layout::HIGH_MMIO)
+            .write_value(layout::HIGH_MMIO + 4, 4, 0x5566_7788);
+        assert_eq!(g.run_with(&mut bus), Exit::Hlt, "{mode:?}");
+        assert_eq!(
+            bus.port_device(0x70).bytes,
+            [3, 4],
+            "{mode:?}: last OUTSW element"
+        );
+        assert_eq!(
+            bus.mmio_device(layout::HIGH_MMIO).bytes[..4],
+            [0x88, 0, 0xAB, 0xCD],
+            "{mode:?}"
+        );
+        logs.push(bus.log);
+    }
+    let expected = [
+        Access::mmio_read(layout::HIGH_MMIO + 4, 4, 0x5566_7788),
+        Access::mmio_write(layout::HIGH_MMIO, 1, 0x88),
+        Access::port_read(0x60, 2, 0xCDAB),
+        Access::mmio_write(layout::HIGH_MMIO + 2, 2, 0xCDAB),
+        Access::port_write(0x70, 2, 0x0201),
+        Access::port_write(0x70, 2, 0x0403),
+    ];
+    for log in &logs {
+        assert_eq!(log, &expected);
+    }
+}
+
+/// The run loop refuses to continue past an unanswered read.
+#[test]
+#[should_panic(expected = "complete_read")]
+fn unanswered_read_panics() {
+    let Some(kvm) = kvm::require_kvm_or_skip("unanswered_read_panics") else {
+        panic!("skipped: complete_read not exercised");
+    };
+    let mut g = Guest::new(&kvm, Mode::Long64);
+    load_with_labels(&mut g, |a, _| {
+        a.mov(eax, dword_ptr(layout::HIGH_MMIO)).unwrap();
+        a.hlt().unwrap();
+    });
+    assert!(matches!(
+        g.run_until_exit(),
+        Exit::Mmio {
+            is_write: false,
+            len: 4,
+            ..
+        }
+    ));
+    g.run_until_exit();
+}
+
+/// At CPL 3 with IOPL 0, port access is checked against the TSS I/O bitmap.
+#[test]
+fn io_permission_bitmap_user64() {
+    let test = "io_permission_bitmap_user64";
+    let Some(kvm) = kvm::require_kvm_or_skip(test) else {
+        return;
+    };
+    let Some(mut g) = kvm::guest_or_skip(&kvm, Mode::User64, test) else {
+        return;
+    };
+    g.set_io_permission(0x5F1, false);
+    let at = load_with_labels(&mut g, |a, l| {
+        a.mov(al, 0x42).unwrap();
+        a.mov(dx, 0x5F0).unwrap();
+        a.out(dx, al).unwrap();
+        a.mov(dx, 0x5F1).unwrap();
+        label_here(a, l);
+        a.out(dx, al).unwrap();
+        a.hlt().unwrap();
+    });
+    assert_eq!(
+        g.run_until_exit(),
+        Exit::Io {
+            port: 0x5F0,
+            size: 1,
+            is_write: true,
+            count: 1,
+            data: vec![0x42]
+        }
+    );
+    let rec = run_to_fault(&mut g);
+    assert_eq!(
+        (rec.vector, rec.error_code, rec.rip),
+        (13, 0, at[0]),
+        "{rec:x?}"
+    );
+}
+
+/// The page-table builder checked by its own software walk, for the paging
+/// forms this host's KVM may not run (no KVM needed).
+#[test]
+fn page_table_builder_software_walk() {
+    use kvm::{GuestMemory, PageTables, PagingKind};
+    for kind in [PagingKind::TwoLevel, PagingKind::Pae, PagingKind::FourLevel] {
+        let mut mem = GuestMemory::new(layout::RAM_SIZE as usize, vec![]);
+        let mut pt = PageTables::new(&mut mem, kind);
+        pt.identity(&mut mem, 0, 0x40_0000, PageFlags::RW);
+        pt.map(&mut mem, 0xC000_5000, 0x12_3000, PageFlags::RO.user());
+        pt.map(&mut mem, 0x1000, 0x1000, PageFlags::NOT_PRESENT);
+        let (gpa, entry) = pt.lookup(&mem, 0xC000_5ABC).expect("mapped");
+        assert_eq!(gpa, 0x12_3ABC, "{kind:?}");
+        assert_eq!(entry & 0x7, 0b101, "{kind:?}: present, read-only, user");
+        assert_eq!(
+            pt.lookup(&mem, 0x3F_F123).map(|m| m.0),
+            Some(0x3F_F123),
+            "{kind:?}"
+        );
+        assert_eq!(pt.lookup(&mem, 0x1234), None, "{kind:?}");
+        assert_eq!(pt.lookup(&mem, 0x8000_0000), None, "{kind:?}");
+        if kind == PagingKind::Pae {
+            // PDPTEs must not carry RW/US (reserved bits in PAE).
+            assert_eq!(mem.read_u64(pt.root) & 0x6, 0);
+        }
+    }
 }

@@ -16,7 +16,7 @@ use super::vcpu::{Exit, Vcpu};
 /// CPU modes the harness can start a guest in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {
-    /// Real mode; CS = 0x1000 (base [`layout::CODE`]), SS = 0x3000, IVT handlers.
+    /// Real mode; CS = 0x1000 (base [`layout::CODE`]), DS = ES = SS = 0, IVT handlers.
     Real,
     /// 16-bit protected mode: CS D=0 based at [`layout::CODE`], flat DS, 16-bit SS.
     Protected16,
@@ -96,9 +96,7 @@ impl Mode {
     /// Initial stack pointer value (relative to SS base).
     pub fn initial_sp(self) -> u64 {
         match self {
-            Mode::Real | Mode::Protected16 | Mode::Compat16 => {
-                layout::STACK_TOP - layout::STACK16_BASE
-            }
+            Mode::Real | Mode::Protected16 | Mode::Compat16 => layout::STACK16_TOP,
             _ => layout::STACK_TOP,
         }
     }
@@ -235,8 +233,7 @@ impl Guest {
             };
             s.cs = tables::real_mode_segment((layout::CODE >> 4) as u16, true);
             let d = tables::real_mode_segment(0, false);
-            (s.ds, s.es, s.fs, s.gs) = (d, d, d, d);
-            s.ss = tables::real_mode_segment((layout::STACK16_BASE >> 4) as u16, false);
+            (s.ds, s.es, s.fs, s.gs, s.ss) = (d, d, d, d, d);
         } else {
             s.cr0 |= CR0_PE | CR0_MP;
             let idt_limit = if mode.long_mode_active() {

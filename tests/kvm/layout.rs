@@ -29,7 +29,11 @@ pub const EXC_RECORD: u64 = 0x9000;
 /// Free RAM reachable with 16-bit offsets from a base-0 segment.
 pub const LOW_SCRATCH: u64 = 0xA000;
 /// Size of [`LOW_SCRATCH`].
-pub const LOW_SCRATCH_SIZE: u64 = 0x6000;
+pub const LOW_SCRATCH_SIZE: u64 = 0x4000;
+/// Initial SP of 16-bit modes (SS base 0; the stack occupies 0xE000..0xFFF0).
+/// Base 0 because kvm-pvm pushes exception frames at linear ESP, ignoring
+/// SS.base, in legacy protected mode.
+pub const STACK16_TOP: u64 = 0xFFF0;
 /// Guest program is loaded here. 16-bit modes use a code segment based here.
 pub const CODE: u64 = 0x1_0000;
 /// Maximum program size.
@@ -38,9 +42,7 @@ pub const CODE_SIZE: u64 = 0x1_0000;
 pub const DATA: u64 = 0x2_0000;
 /// Size of [`DATA`].
 pub const DATA_SIZE: u64 = 0x1_0000;
-/// Base of the 16-bit stack segment (real mode SS = 0x3000, protected SS16).
-pub const STACK16_BASE: u64 = 0x3_0000;
-/// Initial stack pointer of the guest program (linear address).
+/// Initial stack pointer of 32/64-bit guest programs (linear address).
 pub const STACK_TOP: u64 = 0x3_8000;
 /// Ring-0 stack used by exception delivery (TSS RSP0/ESP0 and IST1).
 pub const KERNEL_STACK_TOP: u64 = 0x4_0000;
@@ -72,7 +74,7 @@ pub mod sel {
     pub const KERNEL_CS32: u16 = 0x30;
     /// 16-bit code, base [`super::CODE`], limit 0xFFFF.
     pub const KERNEL_CS16: u16 = 0x38;
-    /// 16-bit stack/data, base [`super::STACK16_BASE`], limit 0xFFFF, B=0.
+    /// 16-bit stack/data, base 0, limit 0xFFFF, B=0.
     pub const KERNEL_SS16: u16 = 0x40;
     pub const TSS32: u16 = 0x48;
     /// 16-byte system descriptor (occupies 0x50 and 0x58).

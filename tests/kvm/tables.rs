@@ -116,7 +116,7 @@ pub fn gdt_entries() -> Vec<u64> {
     );
     set(
         sel::KERNEL_SS16,
-        descriptor(layout::STACK16_BASE as u32, 0xFFFF, P | S | DATA_RW_A, 0),
+        descriptor(0, 0xFFFF, P | S | DATA_RW_A, 0),
     );
     set(
         sel::TSS32,
