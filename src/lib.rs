@@ -51,3 +51,8 @@ pub use regfile::{RegisterFile, RegisterFileError};
 pub use registers::{
     RegisterName, RegisterValue, Segment, SegmentAttributes, SegmentRegister, TableRegister,
 };
+
+/// The README's code, compiled and run as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

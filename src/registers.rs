@@ -18,8 +18,25 @@ use bitflags::bitflags;
 /// assert_eq!(RegisterName::gpr(15), Some(RegisterName::R15));
 /// assert_eq!(RegisterName::EFER.0, 0x2001);
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RegisterName(pub u32);
+
+impl core::fmt::Debug for RegisterName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        const LOW: [&str; 0x27] = [
+            "RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", "R8", "R9", "R10", "R11",
+            "R12", "R13", "R14", "R15", "RIP", "RFLAGS", "ES", "CS", "SS", "DS", "FS", "GS",
+            "LDTR", "TR", "IDTR", "GDTR", "CR0", "CR2", "CR3", "CR4", "CR8", "DR0", "DR1", "DR2",
+            "DR3", "DR6", "DR7",
+        ];
+        match LOW.get(self.0 as usize) {
+            Some(name) => f.write_str(name),
+            None if (0x1000..0x1010).contains(&self.0) => write!(f, "XMM{}", self.0 - 0x1000),
+            None if *self == Self::EFER => f.write_str("EFER"),
+            None => write!(f, "RegisterName({:#x})", self.0),
+        }
+    }
+}
 
 #[allow(missing_docs)]
 impl RegisterName {

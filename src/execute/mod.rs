@@ -67,7 +67,7 @@ pub(crate) fn registers_needed<C: EmulatorCallbacks>(
     let mut set = operand_registers(instr);
     let mut memory = family.touches_memory(instr);
     match family {
-        Family::Move => {}
+        Family::Move => set = mov::registers(set, instr),
         Family::String(op) => set = op.registers(set, instr),
         Family::Port(op) => {
             set = op.registers(set, instr, cpu.port_hint.is_some());

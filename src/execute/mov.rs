@@ -6,7 +6,7 @@ use iced_x86::{Code, Instruction, Mnemonic, OpKind};
 use super::{read_value, unsupported};
 use crate::access::Intent;
 use crate::callbacks::EmulatorCallbacks;
-use crate::state::{Cpu, Res, segment_of};
+use crate::state::{Cpu, RegSet, Res, Slot, gpr_index, segment_of};
 
 /// `Some(())` for the moves hvemu emulates.
 pub(super) fn classify(instr: &Instruction) -> Option<()> {
@@ -18,6 +18,24 @@ pub(super) fn classify(instr: &Instruction) -> Option<()> {
         Mnemonic::Movzx | Mnemonic::Movsx | Mnemonic::Movsxd => Some(()),
         _ => None,
     }
+}
+
+/// Drops a destination register whose old value the move does not need: a 32- or 64-bit
+/// write replaces all of it (unless it also forms the address).
+pub(super) fn registers(set: RegSet, instr: &Instruction) -> RegSet {
+    let dst = instr.op0_register();
+    let addresses = [instr.memory_base(), instr.memory_index()];
+    if instr.op0_kind() == OpKind::Register
+        && dst.size() >= 4
+        && !addresses
+            .iter()
+            .any(|r| r.full_register() == dst.full_register())
+    {
+        if let Some(n) = gpr_index(dst) {
+            return set.without(Slot::Gpr(n));
+        }
+    }
+    set
 }
 
 /// `value`'s low `size` bytes, sign-extended to 64 bits.
