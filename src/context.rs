@@ -258,3 +258,31 @@ impl IoPortAccessContext {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn execution_state_keeps_platform_bit_positions() {
+        let bits = 0b1_0000_0111_1111u16 & !(1 << 7) | 3;
+        let s = ExecutionState::from_bits(bits);
+        assert_eq!(s.cpl, 3);
+        assert!(s.cr0_pe && s.cr0_am && s.efer_lma && s.debug_active);
+        assert!(s.interruption_pending && s.interrupt_shadow);
+        assert_eq!(s.to_bits(), bits & 0x107F);
+        assert_eq!(ExecutionState::from_bits(1 << 12).to_bits(), 1 << 12);
+    }
+
+    #[test]
+    fn access_info_layouts() {
+        let io = IoPortAccessInfo::from_bits(0b11_1001);
+        assert_eq!(io, IoPortAccessInfo::string(true, 4, true));
+        assert_eq!(io.to_bits(), 0b11_1001);
+        let mem = MemoryAccessFlags::from_bits(0b1101).unwrap();
+        assert_eq!(mem.access_type, MemoryAccessType::Write);
+        assert!(mem.gpa_unmapped && mem.gva_valid);
+        assert_eq!(mem.to_bits(), 0b1101);
+        assert_eq!(MemoryAccessFlags::from_bits(3), None);
+    }
+}

@@ -297,3 +297,48 @@ impl fmt::Display for Exception {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_bits_are_the_platform_positions() {
+        let all = [
+            EmulatorStatus::EMULATION_SUCCESSFUL,
+            EmulatorStatus::INTERNAL_EMULATION_FAILURE,
+            EmulatorStatus::IO_PORT_CALLBACK_FAILED,
+            EmulatorStatus::MEMORY_CALLBACK_FAILED,
+            EmulatorStatus::TRANSLATE_GVA_PAGE_CALLBACK_FAILED,
+            EmulatorStatus::TRANSLATE_GVA_PAGE_CALLBACK_GPA_IS_NOT_ALIGNED,
+            EmulatorStatus::GET_VIRTUAL_PROCESSOR_REGISTERS_CALLBACK_FAILED,
+            EmulatorStatus::SET_VIRTUAL_PROCESSOR_REGISTERS_CALLBACK_FAILED,
+            EmulatorStatus::INTERRUPT_CAUSED_INTERCEPT,
+            EmulatorStatus::GUEST_CANNOT_BE_FAULTED,
+        ];
+        for (bit, status) in all.iter().enumerate() {
+            assert_eq!(status.bits(), 1 << bit);
+        }
+    }
+
+    #[test]
+    fn every_error_maps_to_one_status_bit() {
+        let errors: [EmulationError<()>; 6] = [
+            EmulationError::IoPort(()),
+            EmulationError::Memory(()),
+            EmulationError::Exception(Exception::gp(0)),
+            EmulationError::InterruptPending,
+            EmulationError::TranslateGpaNotAligned {
+                gva_page: 0,
+                gpa: 1,
+            },
+            EmulationError::Unsupported {
+                code: iced_x86::Code::INVALID,
+            },
+        ];
+        for e in errors {
+            assert_eq!(e.status().bits().count_ones(), 1, "{e:?}");
+            assert!(!e.status().contains(EmulatorStatus::EMULATION_SUCCESSFUL));
+        }
+    }
+}
