@@ -9,7 +9,7 @@ use crate::error::{EmulationError, EmulatorStatus, InvalidArgument};
 use crate::execute::{self, Family};
 use crate::registers::Segment;
 use crate::rep::Progress;
-use crate::state::Cpu;
+use crate::state::{Cpu, gpr};
 
 /// How a successful emulation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,7 +127,12 @@ impl<C: EmulatorCallbacks> Emulator<C> {
             return Err(InvalidArgument::IoAccessSize(info.access_size).into());
         }
         let mut cpu = Cpu::new(&mut self.callbacks, &self.config, vp);
-        for (n, value) in [(0, io.rax), (1, io.rcx), (6, io.rsi), (7, io.rdi)] {
+        for (n, value) in [
+            (gpr::RAX, io.rax),
+            (gpr::RCX, io.rcx),
+            (gpr::RSI, io.rsi),
+            (gpr::RDI, io.rdi),
+        ] {
             cpu.state.preload_gpr(n, value);
         }
         cpu.state.preload_segment(Segment::Ds, io.ds);

@@ -13,7 +13,7 @@ use iced_x86::Instruction;
 
 use crate::callbacks::EmulatorCallbacks;
 use crate::operand::address_mask;
-use crate::state::{Cpu, RFLAGS_ZF, Res};
+use crate::state::{Cpu, RFLAGS_ZF, Res, gpr};
 
 /// How far one call got through an instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +60,7 @@ pub(crate) fn run<C: EmulatorCallbacks>(
         step(cpu)?;
         return Ok(Progress::Complete);
     }
-    let mut count = cpu.gpr(1)? & address_mask(address_size);
+    let mut count = cpu.gpr(gpr::RCX)? & address_mask(address_size);
     let budget = cpu.config.max_rep_iterations.max(1);
     let mut done = 0u32;
     while count != 0 {
@@ -76,7 +76,7 @@ pub(crate) fn run<C: EmulatorCallbacks>(
         }
         done += 1;
         count -= 1;
-        cpu.set_gpr_sized(1, count, address_size)?;
+        cpu.set_gpr_sized(gpr::RCX, count, address_size)?;
         let zf = cpu.state.rflags & RFLAGS_ZF != 0;
         match repeat {
             Repeat::WhileEqual if !zf => break,

@@ -17,6 +17,15 @@ pub(crate) const RFLAGS_AC: u64 = 1 << 18;
 pub(crate) const RFLAGS_VM: u64 = 1 << 17;
 pub(crate) const RFLAGS_RF: u64 = 1 << 16;
 
+/// Hardware numbers of the GPRs that instructions use implicitly.
+pub(crate) mod gpr {
+    pub(crate) const RAX: u8 = 0;
+    pub(crate) const RCX: u8 = 1;
+    pub(crate) const RDX: u8 = 2;
+    pub(crate) const RSI: u8 = 6;
+    pub(crate) const RDI: u8 = 7;
+}
+
 /// How the processor forms addresses and checks them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {

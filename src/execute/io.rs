@@ -15,13 +15,8 @@ use crate::callbacks::EmulatorCallbacks;
 use crate::error::Exception;
 use crate::registers::Segment;
 use crate::rep::{self, Progress};
+use crate::state::gpr::{RAX, RCX, RDI, RDX, RSI};
 use crate::state::{Cpu, Mode, RegSet, Res, Slot, segment_of};
-
-const RAX: u8 = 0;
-const RCX: u8 = 1;
-const RDX: u8 = 2;
-const RSI: u8 = 6;
-const RDI: u8 = 7;
 
 /// A port operation: direction, element size and whether it is a string form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

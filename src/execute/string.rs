@@ -10,12 +10,8 @@ use crate::callbacks::EmulatorCallbacks;
 use crate::operand::{MemRef, address_mask};
 use crate::registers::Segment;
 use crate::rep::{self, Progress};
+use crate::state::gpr::{RAX, RCX, RDI, RSI};
 use crate::state::{Cpu, RFLAGS_DF, RegSet, Res, Slot, segment_of};
-
-const RAX: u8 = 0;
-const RCX: u8 = 1;
-const RSI: u8 = 6;
-const RDI: u8 = 7;
 
 /// Which string move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
