@@ -18,7 +18,8 @@ const DF: u64 = 1 << 10;
 #[test]
 fn in_and_out_at_every_size_need_no_register_read() {
     // (bytes, is_write, size, rax before, port, rax after)
-    let cases: [(&[u8], bool, u8, u64, u16, u64); 6] = [
+    type Case<'a> = (&'a [u8], bool, u8, u64, u16, u64);
+    let cases: [Case; 6] = [
         (
             &[0xE4, 0x60],
             false,
@@ -41,7 +42,7 @@ fn in_and_out_at_every_size_need_no_register_read() {
             4,
             0x1111_1111_1111_1111,
             0x3F8,
-            0x0000_0000_A1B2_C3,
+            0x0000_0000_00A1_B2C3,
         ),
         (&[0xE6, 0x80], true, 1, 0x1234, 0x80, 0x1234),
         (&[0x66, 0xEF], true, 2, 0x1234, 0xCF8, 0x1234),
@@ -58,7 +59,7 @@ fn in_and_out_at_every_size_need_no_register_read() {
         let mut m = Machine::long();
         m.set_gpr(RAX, rax);
         m.set_gpr(RDX, u64::from(port));
-        m.port_input.push_back(0xA1B2_C3);
+        m.port_input.push_back(0x00A1_B2C3);
         m.io(bytes, IoPortAccessInfo::new(is_write, size), port)
             .ok();
         assert_eq!(m.gpr(RAX), after, "{bytes:02x?}");
@@ -66,7 +67,7 @@ fn in_and_out_at_every_size_need_no_register_read() {
         let expected_data = if is_write {
             (rax as u32) & ((1u64 << (8 * size)) - 1) as u32
         } else {
-            0xA1B2_C3
+            0x00A1_B2C3
         };
         assert_eq!(m.io_calls(), [(port, is_write, size, expected_data)]);
         assert_eq!(m.gets(), 0, "the port exit carries what IN/OUT need");
@@ -476,7 +477,7 @@ fn malformed_contexts_are_invalid_arguments() {
         emu.emulate_mmio(&exit, &regs_only),
         Err(EmulationError::NotTheExitingInstruction { .. })
     ));
-    drop(emu);
+    let _ = emu.into_callbacks();
     assert_eq!(m.sets(), 0);
 }
 
