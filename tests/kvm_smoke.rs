@@ -4,7 +4,7 @@
 mod kvm;
 
 use iced_x86::code_asm::*;
-use kvm::layout;
+use kvm::layout::{self, sel};
 use kvm::{Access, Bus, Exit, Guest, Mode, PageFlags};
 
 const MMIO_W: u64 = 0x10;
@@ -156,7 +156,9 @@ fn check_io_program(mode: Mode, test: &str) {
             "{mode:?}: {rec:x?}"
         );
         assert_eq!(rec.rip, end - 1, "{mode:?}: #GP points at the HLT");
-        assert_eq!(rec.cs, kvm::layout::sel::USER_CS64 | 3, "{mode:?}");
+        let user_cs = if mode.bitness() == 64 { sel::USER_CS64 } else { sel::USER_CS32 };
+        assert_eq!((rec.cs, rec.ss), (user_cs | 3, sel::USER_DS | 3), "{mode:?}");
+        assert_eq!(rec.rsp, layout::STACK_TOP, "{mode:?}: user ESP/RSP from the frame");
         assert!(g.in_exception_handler());
     } else {
         assert_eq!(g.exception_record(), None, "{mode:?}: unexpected exception");
@@ -189,6 +191,7 @@ io_program_tests! {
     io_program_compat32 => Mode::Compat32,
     io_program_compat16 => Mode::Compat16,
     io_program_user64 => Mode::User64,
+    io_program_user32 => Mode::User32,
 }
 
 /// Assembles `build` for `g`'s mode, loads it, and returns the linear

@@ -34,10 +34,13 @@ pub enum Mode {
     Compat16,
     /// 64-bit mode at CPL 3 (ring-3 CS/SS; exceptions go to ring 0 via TSS/IST).
     User64,
+    /// 32-bit protected mode (flat, no paging) at CPL 3; exceptions switch to
+    /// the ring-0 stack from the 32-bit TSS.
+    User32,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 9] = [
+    pub const ALL: [Mode; 10] = [
         Mode::Real,
         Mode::Protected16,
         Mode::Protected32,
@@ -47,13 +50,16 @@ impl Mode {
         Mode::Compat32,
         Mode::Compat16,
         Mode::User64,
+        Mode::User32,
     ];
 
     /// Code size: 16, 32 or 64 (for `CodeAssembler::new`).
     pub fn bitness(self) -> u32 {
         match self {
             Mode::Real | Mode::Protected16 | Mode::Compat16 => 16,
-            Mode::Protected32 | Mode::Paged32 | Mode::Pae32 | Mode::Compat32 => 32,
+            Mode::Protected32 | Mode::Paged32 | Mode::Pae32 | Mode::Compat32 | Mode::User32 => {
+                32
+            }
             Mode::Long64 | Mode::User64 => 64,
         }
     }
@@ -90,7 +96,7 @@ impl Mode {
     }
 
     pub fn cpl(self) -> u8 {
-        if self == Mode::User64 { 3 } else { 0 }
+        if matches!(self, Mode::User64 | Mode::User32) { 3 } else { 0 }
     }
 
     /// Initial stack pointer value (relative to SS base).
@@ -260,6 +266,7 @@ impl Guest {
                 }
                 Mode::Long64 => (sel::KERNEL_CS64, sel::KERNEL_DS, sel::KERNEL_DS),
                 Mode::User64 => (sel::USER_CS64 | 3, sel::USER_DS | 3, sel::USER_DS | 3),
+                Mode::User32 => (sel::USER_CS32 | 3, sel::USER_DS | 3, sel::USER_DS | 3),
                 Mode::Real => unreachable!(),
             };
             s.cs = tables::segment(cs);

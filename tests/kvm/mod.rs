@@ -1,7 +1,33 @@
 //! Linux KVM guest harness for integration tests (x86-64 hosts only).
 //!
 //! Include with `mod kvm;` from a test crate that is itself gated with
-//! `#![cfg(all(target_os = "linux", target_arch = "x86_64"))]`.
+//! `#![cfg(all(target_os = "linux", target_arch = "x86_64"))]`. It does not
+//! use the `hvemu` library: it provides a reference execution (real KVM)
+//! that other implementations can be compared against.
+//!
+//! Typical use:
+//!
+//! ```ignore
+//! let Some(kvm) = kvm::require_kvm_or_skip("my_test") else { return };
+//! let Some(mut g) = kvm::guest_or_skip(&kvm, Mode::Long64, "my_test") else { return };
+//! let mut a = g.asm();                      // iced CodeAssembler, mode's bitness
+//! a.mov(eax, dword_ptr(0xC000_0000u64))?;   // HIGH_MMIO: unbacked, exits
+//! a.hlt()?;
+//! g.load_asm(&mut a);                       // at layout::CODE, RIP set
+//! let mut bus = Bus::new().with_mmio(layout::HIGH_MMIO, 0x1000);
+//! assert_eq!(g.run_with(&mut bus), Exit::Hlt);
+//! // bus.log: every access; g.vcpu.regs(); g.exception_record() ...
+//! ```
+//!
+//! Or drive exits by hand with `g.run_until_exit()` and answer MMIO reads and
+//! IN exits with `g.vcpu.complete_read(..)` before running again.
+//!
+//! Guest-physical layout: see [`layout`]. RAM is 4 MiB at GPA 0 with an MMIO
+//! hole at 0xA0000..0xC0000; everything from 4 MiB up (notably 0xC000_0000)
+//! is MMIO too. Every protected/long mode has a GDT, an IDT whose handlers
+//! write an [`ExceptionRecord`] at [`layout::EXC_RECORD`] and then HLT, and a
+//! TSS; real mode has an IVT with the same handlers.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]`.
 //! It does not use the `hvemu` library: it provides a reference execution
 //! (real KVM) that other implementations can be compared against.
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]

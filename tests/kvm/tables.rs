@@ -273,7 +273,7 @@ fn body64(a: &mut CodeAssembler) -> Result<(), IcedError> {
     halt_forever(a)
 }
 
-/// Legacy protected-mode handler (32-bit gates, always ring 0 → ring 0 here).
+/// Legacy protected-mode handler (32-bit gates to ring 0).
 fn body32(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.push(ds)?;
     a.push(eax)?;
@@ -291,12 +291,24 @@ fn body32(a: &mut CodeAssembler) -> Result<(), IcedError> {
         a.mov(eax, dword_ptr(esp + off))?;
         store32(a, f)?;
     }
-    // No privilege change, so the interrupted ESP is just above the frame.
+    // From ring 3 the CPU also pushed ESP and SS; otherwise the interrupted
+    // stack is the current one, just above the frame.
+    let mut same_ring = a.create_label();
+    let mut done = a.create_label();
+    a.test(byte_ptr(esp + 20), 3)?;
+    a.jz(same_ring)?;
+    a.mov(eax, dword_ptr(esp + 28))?;
+    store32(a, rec::RSP)?;
+    a.movzx(eax, word_ptr(esp + 32))?;
+    store32(a, rec::SS)?;
+    a.jmp(done)?;
+    a.set_label(&mut same_ring)?;
     a.lea(eax, ptr(esp + 28))?;
     store32(a, rec::RSP)?;
     a.xor(eax, eax)?;
     a.mov(ax, ss)?;
     store32(a, rec::SS)?;
+    a.set_label(&mut done)?;
     a.mov(eax, cr2)?;
     store32(a, rec::CR2)?;
     a.inc(dword_ptr(field(rec::COUNT)))?;
