@@ -156,9 +156,21 @@ fn check_io_program(mode: Mode, test: &str) {
             "{mode:?}: {rec:x?}"
         );
         assert_eq!(rec.rip, end - 1, "{mode:?}: #GP points at the HLT");
-        let user_cs = if mode.bitness() == 64 { sel::USER_CS64 } else { sel::USER_CS32 };
-        assert_eq!((rec.cs, rec.ss), (user_cs | 3, sel::USER_DS | 3), "{mode:?}");
-        assert_eq!(rec.rsp, layout::STACK_TOP, "{mode:?}: user ESP/RSP from the frame");
+        let user_cs = if mode.bitness() == 64 {
+            sel::USER_CS64
+        } else {
+            sel::USER_CS32
+        };
+        assert_eq!(
+            (rec.cs, rec.ss),
+            (user_cs | 3, sel::USER_DS | 3),
+            "{mode:?}"
+        );
+        assert_eq!(
+            rec.rsp,
+            layout::STACK_TOP,
+            "{mode:?}: user ESP/RSP from the frame"
+        );
         assert!(g.in_exception_handler());
     } else {
         assert_eq!(g.exception_record(), None, "{mode:?}: unexpected exception");

@@ -57,9 +57,7 @@ impl Mode {
     pub fn bitness(self) -> u32 {
         match self {
             Mode::Real | Mode::Protected16 | Mode::Compat16 => 16,
-            Mode::Protected32 | Mode::Paged32 | Mode::Pae32 | Mode::Compat32 | Mode::User32 => {
-                32
-            }
+            Mode::Protected32 | Mode::Paged32 | Mode::Pae32 | Mode::Compat32 | Mode::User32 => 32,
             Mode::Long64 | Mode::User64 => 64,
         }
     }
@@ -96,7 +94,11 @@ impl Mode {
     }
 
     pub fn cpl(self) -> u8 {
-        if matches!(self, Mode::User64 | Mode::User32) { 3 } else { 0 }
+        if matches!(self, Mode::User64 | Mode::User32) {
+            3
+        } else {
+            0
+        }
     }
 
     /// Initial stack pointer value (relative to SS base).

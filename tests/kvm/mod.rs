@@ -27,9 +27,6 @@
 //! is MMIO too. Every protected/long mode has a GDT, an IDT whose handlers
 //! write an [`ExceptionRecord`] at [`layout::EXC_RECORD`] and then HLT, and a
 //! TSS; real mode has an IVT with the same handlers.
-#![cfg(all(target_os = "linux", target_arch = "x86_64"))]`.
-//! It does not use the `hvemu` library: it provides a reference execution
-//! (real KVM) that other implementations can be compared against.
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 // Each test crate uses a different subset of the harness.
 #![allow(dead_code, unused_imports)]
