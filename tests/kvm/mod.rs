@@ -63,7 +63,7 @@ pub fn require_kvm_or_skip(test_name: &str) -> Option<Kvm> {
             if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
                 panic!("{test_name}: {REQUIRE_ENV}=1 but /dev/kvm cannot be opened: {e}");
             }
-            eprintln!("SKIPPED (no /dev/kvm): {test_name} ({e})");
+            loud(&format!("SKIPPED (no /dev/kvm): {test_name} ({e})"));
             None
         }
     }
@@ -81,8 +81,17 @@ pub fn guest_or_skip(kvm: &Kvm, mode: Mode, test_name: &str) -> Option<Guest> {
             if std::env::var(REQUIRE_MODES_ENV).as_deref() == Ok("1") {
                 panic!("{test_name}: {e}");
             }
-            eprintln!("SKIPPED (host KVM cannot run {mode:?}): {test_name}: {e}");
+            loud(&format!(
+                "SKIPPED (host KVM cannot run {mode:?}): {test_name}: {e}"
+            ));
             None
         }
     }
+}
+
+/// Writes to the real stderr: `eprintln!` output of passing tests is captured
+/// by the test harness, and a skip must stay visible.
+fn loud(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
 }
