@@ -366,8 +366,7 @@ fn halt_forever(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.jmp(l)
 }
 
-/// Address of the HLT every handler ends in is anywhere past the stubs; this
-/// is the range of handler code for a given stub base.
+/// Bytes reserved for each stub set (256 entry stubs plus the common body).
 pub const STUB_REGION: u64 = 0x1000;
 
 /// Real-mode IVT pointing at 16-bit stubs (segment 0).

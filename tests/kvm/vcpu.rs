@@ -275,7 +275,9 @@ impl Vcpu {
     }
 
     /// KVM_TRANSLATE of a linear address with the current paging state:
-    /// `Some((gpa, writeable, usermode))`, or None if not mapped.
+    /// `Some((gpa, writeable, usermode))`, or None if not mapped. KVM does
+    /// not compute `usermode` (always false), so check U/S via
+    /// [`super::PageTables::lookup`] instead.
     pub fn translate(&self, gva: u64) -> Option<(u64, bool, bool)> {
         let t = self.fd.translate_gva(gva).expect("KVM_TRANSLATE");
         (t.valid != 0).then_some((t.physical_address, t.writeable != 0, t.usermode != 0))
