@@ -282,24 +282,24 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
         if missing == 0 {
             return Ok(());
         }
-        let mut names = [RegisterName(0); SLOT_COUNT];
-        let mut slots = [Slot::Tr; SLOT_COUNT];
-        let mut count = 0;
-        for i in 0..SLOT_COUNT as u32 {
-            if missing & (1 << i) != 0 {
-                let slot = Slot::from_index(i);
-                names[count] = slot.name();
-                slots[count] = slot;
-                count += 1;
-            }
+        let mut names: heapless::Vec<RegisterName, SLOT_COUNT> = heapless::Vec::new();
+        let mut slots: heapless::Vec<Slot, SLOT_COUNT> = heapless::Vec::new();
+        for slot in (0..SLOT_COUNT as u32)
+            .filter(|i| missing & (1 << i) != 0)
+            .map(Slot::from_index)
+        {
+            // At most SLOT_COUNT slots exist, so neither push can fail.
+            let _ = names.push(slot.name());
+            let _ = slots.push(slot);
         }
         let mut values = [RegisterValue::default(); SLOT_COUNT];
+        let values = values.get_mut(..names.len()).unwrap_or_default();
         self.cb
-            .get_registers(&names[..count], &mut values[..count])
+            .get_registers(&names, values)
             .map_err(EmulationError::GetRegisters)?;
-        for (slot, value) in slots.iter().zip(values).take(count) {
+        for (slot, value) in slots.iter().zip(values.iter()) {
             self.state
-                .store(*slot, value)
+                .store(*slot, *value)
                 .map_err(EmulationError::BadRegisterValue)?;
         }
         self.state.loaded.0 |= missing;
@@ -389,27 +389,24 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
     /// Commits the changed registers (and RIP, and RFLAGS if it changed) in one
     /// `set_registers` call. RF is cleared: the instruction completed (or made progress).
     pub(crate) fn commit(&mut self, new_rip: u64) -> Res<(), C> {
-        let mut names = [RegisterName(0); 18];
-        let mut values = [RegisterValue::default(); 18];
-        let mut count = 0;
-        for n in 0..16u8 {
+        // 16 GPRs, RIP and RFLAGS: pushes cannot fail.
+        let mut names: heapless::Vec<RegisterName, 18> = heapless::Vec::new();
+        let mut values: heapless::Vec<RegisterValue, 18> = heapless::Vec::new();
+        for (n, value) in (0u8..).zip(self.state.gpr) {
             if self.state.dirty.contains(Slot::Gpr(n)) {
-                names[count] = RegisterName(u32::from(n));
-                values[count] = RegisterValue::U64(self.state.gpr[usize::from(n)]);
-                count += 1;
+                let _ = names.push(RegisterName(u32::from(n)));
+                let _ = values.push(RegisterValue::U64(value));
             }
         }
-        names[count] = RegisterName::RIP;
-        values[count] = RegisterValue::U64(new_rip);
-        count += 1;
+        let _ = names.push(RegisterName::RIP);
+        let _ = values.push(RegisterValue::U64(new_rip));
         let rflags = self.state.rflags & !RFLAGS_RF;
         if rflags != self.state.rflags_at_exit {
-            names[count] = RegisterName::RFLAGS;
-            values[count] = RegisterValue::U64(rflags);
-            count += 1;
+            let _ = names.push(RegisterName::RFLAGS);
+            let _ = values.push(RegisterValue::U64(rflags));
         }
         self.cb
-            .set_registers(&names[..count], &values[..count])
+            .set_registers(&names, &values)
             .map_err(EmulationError::SetRegisters)
     }
 }
