@@ -26,11 +26,14 @@ pub(crate) enum Intent {
     Write,
     /// An instruction fetch.
     Execute,
+    /// A read-modify-write data access (`add [mem], …`): checked and translated once, for both
+    /// reading and writing, before the read; it faults as a write.
+    ReadWrite,
 }
 
 impl Intent {
     pub(crate) const fn writes(self) -> bool {
-        matches!(self, Intent::Write)
+        matches!(self, Intent::Write | Intent::ReadWrite)
     }
 
     fn validate(self) -> TranslateGvaFlags {
@@ -38,6 +41,9 @@ impl Intent {
             Intent::Read => TranslateGvaFlags::VALIDATE_READ,
             Intent::Write => TranslateGvaFlags::VALIDATE_WRITE,
             Intent::Execute => TranslateGvaFlags::VALIDATE_EXECUTE,
+            Intent::ReadWrite => {
+                TranslateGvaFlags::VALIDATE_READ.union(TranslateGvaFlags::VALIDATE_WRITE)
+            }
         }
     }
 }

@@ -6,7 +6,10 @@
 //! | moves | [`mov`] | MOV (r/m, moffs, imm, Sreg store), MOVZX, MOVSX, MOVSXD |
 //! | strings | [`string`] | MOVS, STOS, LODS (with REP) |
 //! | ports | [`io`] | IN, OUT, INS, OUTS (with REP); CPL/IOPL and the TSS I/O bitmap |
+//! | ALU | [`alu`] | ADD, OR, ADC, SBB, AND, SUB, XOR, CMP, TEST, INC, DEC, NEG, NOT on memory; flags in [`flags`] |
 
+mod alu;
+mod flags;
 mod io;
 mod mov;
 mod string;
@@ -29,6 +32,8 @@ pub(crate) enum Family {
     String(string::StringOp),
     /// IN, OUT, INS, OUTS.
     Port(io::PortOp),
+    /// ADD … NOT with a memory operand.
+    Alu(alu::AluKind),
 }
 
 impl Family {
@@ -38,6 +43,7 @@ impl Family {
             .map(|()| Family::Move)
             .or_else(|| string::classify(instr).map(Family::String))
             .or_else(|| io::classify(instr).map(Family::Port))
+            .or_else(|| alu::classify(instr).map(Family::Alu))
     }
 
     /// Whether the instruction accesses memory (so that a memory exit can come from it).
@@ -46,6 +52,7 @@ impl Family {
             Family::Move => (0..instr.op_count()).any(|i| instr.op_kind(i) == OpKind::Memory),
             Family::String(_) => true,
             Family::Port(op) => op.string,
+            Family::Alu(_) => true,
         }
     }
 
@@ -76,6 +83,8 @@ pub(crate) fn registers_needed<C: EmulatorCallbacks>(
                 memory = true;
             }
         }
+        // Its explicit operands are all it reads (RFLAGS comes with the exit).
+        Family::Alu(_) => {}
     }
     if cpu.state.mode == Mode::Long {
         // Only FS and GS have bases in 64-bit mode; the others need not be read.
@@ -99,6 +108,7 @@ pub(crate) fn run<C: EmulatorCallbacks>(
         Family::Move => mov::run(cpu, instr).map(|()| Progress::Complete),
         Family::String(op) => string::run(cpu, instr, op),
         Family::Port(op) => io::run(cpu, instr, op),
+        Family::Alu(kind) => alu::run(cpu, instr, kind).map(|()| Progress::Complete),
     }
 }
 

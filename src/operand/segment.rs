@@ -54,7 +54,7 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
                 let allowed = match intent {
                     Intent::Execute => code,
                     Intent::Read => !code || rw,
-                    Intent::Write => !code && rw,
+                    Intent::Write | Intent::ReadWrite => !code && rw,
                 };
                 if !allowed {
                     return Err(fault());

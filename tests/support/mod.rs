@@ -45,6 +45,8 @@ pub struct Pte {
 pub enum Fail {
     Io,
     Memory,
+    /// Only memory writes fail (reads succeed), for read-modify-write tests.
+    MemoryWrite,
     Get,
     Set,
     Translate,
@@ -331,6 +333,9 @@ impl EmulatorCallbacks for Machine {
     fn memory(&mut self, access: &mut MemoryAccessInfo<'_>) -> Result<(), Self::Error> {
         if self.fail == Some(Fail::Memory) {
             return Err("memory failed");
+        }
+        if self.fail == Some(Fail::MemoryWrite) && access.direction == AccessDirection::Write {
+            return Err("memory write failed");
         }
         let len = access.data.len();
         assert!((1..=64).contains(&len), "access size {len}");
