@@ -195,26 +195,10 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
             .cb
             .translate_gva_page(page, flags | TranslateGvaFlags::SET_PAGE_TABLE_BITS)
             .map_err(EmulationError::TranslateGva)?;
-        let fault = |present: bool, reserved: bool| {
-            let mut code = u32::from(present);
-            if intent.writes() {
-                code |= 1 << 1;
-            }
-            if self.state.cpl == 3 && privilege == Privilege::Current {
-                code |= 1 << 2;
-            }
-            if reserved {
-                code |= 1 << 3;
-            }
-            if intent == Intent::Execute {
-                code |= 1 << 4;
-            }
-            EmulationError::Exception(Exception::pf(linear, code))
-        };
-        match result {
-            TranslateGvaResult::PageNotPresent => return Err(fault(false, false)),
-            TranslateGvaResult::PrivilegeViolation => return Err(fault(true, false)),
-            TranslateGvaResult::InvalidPageTableFlags => return Err(fault(true, true)),
+        let (present, reserved) = match result {
+            TranslateGvaResult::PageNotPresent => (false, false),
+            TranslateGvaResult::PrivilegeViolation => (true, false),
+            TranslateGvaResult::InvalidPageTableFlags => (true, true),
             TranslateGvaResult::Intercept => {
                 return Err(EmulationError::TranslationIntercept { gva_page: page });
             }
@@ -224,16 +208,42 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
             | TranslateGvaResult::GpaUnmapped
             | TranslateGvaResult::GpaNoReadAccess
             | TranslateGvaResult::GpaNoWriteAccess
-            | TranslateGvaResult::GpaIllegalOverlayAccess => {}
+            | TranslateGvaResult::GpaIllegalOverlayAccess => {
+                if gpa & !PAGE_MASK != 0 {
+                    return Err(EmulationError::TranslateGpaNotAligned {
+                        gva_page: page,
+                        gpa,
+                    });
+                }
+                self.tlb.insert(page, gpa, flags);
+                return Ok(gpa);
+            }
+        };
+        let mut code = u32::from(present);
+        if intent.writes() {
+            code |= 1 << 1;
         }
-        if gpa & !PAGE_MASK != 0 {
-            return Err(EmulationError::TranslateGpaNotAligned {
-                gva_page: page,
-                gpa,
-            });
+        if self.state.cpl == 3 && privilege == Privilege::Current {
+            code |= 1 << 2;
         }
-        self.tlb.insert(page, gpa, flags);
-        Ok(gpa)
+        if reserved {
+            code |= 1 << 3;
+        }
+        if intent == Intent::Execute && self.fetch_faults_report_id()? {
+            code |= 1 << 4;
+        }
+        Err(EmulationError::Exception(Exception::pf(linear, code)))
+    }
+
+    /// Whether a #PF on an instruction fetch sets the I/D bit: only with SMEP, or with NX
+    /// available (PAE or 4-level paging with EFER.NXE) (SDM Vol. 3A §4.7). Read only on this
+    /// rare path, so the common exit never pays for CR4 and EFER.
+    fn fetch_faults_report_id(&mut self) -> Res<bool, C> {
+        const CR4_PAE: u64 = 1 << 5;
+        const CR4_SMEP: u64 = 1 << 20;
+        const EFER_NXE: u64 = 1 << 11;
+        let cr4 = self.cr4()?;
+        Ok(cr4 & CR4_SMEP != 0 || (cr4 & CR4_PAE != 0 && self.efer()? & EFER_NXE != 0))
     }
 
     /// Reads a translated span into `buf` (whose length is the span's).

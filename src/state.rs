@@ -54,9 +54,11 @@ pub(crate) enum Slot {
     Tr,
     /// CR4 (LA57 decides the canonical width).
     Cr4,
+    /// EFER (NXE decides the #PF I/D bit).
+    Efer,
 }
 
-const SLOT_COUNT: usize = 24;
+const SLOT_COUNT: usize = 25;
 
 impl Slot {
     const fn index(self) -> u32 {
@@ -65,6 +67,7 @@ impl Slot {
             Slot::Seg(s) => 16 + s as u32,
             Slot::Tr => 22,
             Slot::Cr4 => 23,
+            Slot::Efer => 24,
         }
     }
 
@@ -78,7 +81,8 @@ impl Slot {
             20 => Slot::Seg(Segment::Fs),
             21 => Slot::Seg(Segment::Gs),
             22 => Slot::Tr,
-            _ => Slot::Cr4,
+            23 => Slot::Cr4,
+            _ => Slot::Efer,
         }
     }
 
@@ -88,6 +92,7 @@ impl Slot {
             Slot::Seg(s) => RegisterName::segment(s),
             Slot::Tr => RegisterName::TR,
             Slot::Cr4 => RegisterName::CR4,
+            Slot::Efer => RegisterName::EFER,
         }
     }
 }
@@ -164,6 +169,7 @@ pub(crate) struct State {
     seg: [SegmentRegister; 6],
     tr: SegmentRegister,
     cr4: u64,
+    efer: u64,
     loaded: RegSet,
     dirty: RegSet,
 }
@@ -203,6 +209,7 @@ impl State {
             seg,
             tr: SegmentRegister::default(),
             cr4: 0,
+            efer: 0,
             loaded: RegSet::EMPTY.with(Slot::Seg(Segment::Cs)),
             dirty: RegSet::EMPTY,
         }
@@ -243,6 +250,7 @@ impl State {
             Slot::Seg(s) => self.seg[s as usize] = value.as_segment().ok_or(bad)?,
             Slot::Tr => self.tr = value.as_segment().ok_or(bad)?,
             Slot::Cr4 => self.cr4 = value.as_u64().ok_or(bad)?,
+            Slot::Efer => self.efer = value.as_u64().ok_or(bad)?,
         }
         Ok(())
     }
@@ -344,6 +352,12 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
     pub(crate) fn cr4(&mut self) -> Res<u64, C> {
         self.ensure(Slot::Cr4)?;
         Ok(self.state.cr4)
+    }
+
+    /// EFER.
+    pub(crate) fn efer(&mut self) -> Res<u64, C> {
+        self.ensure(Slot::Efer)?;
+        Ok(self.state.efer)
     }
 
     /// The value of a GPR operand at its own width (AL, AH, AX, EAX or RAX).

@@ -547,3 +547,24 @@ fn instruction_bytes_are_fetched_when_missing() {
         &(MMIO, true, vec![1, 2, 3, 4])
     );
 }
+
+#[test]
+fn fetch_page_fault_sets_id_only_when_nx_or_smep_is_in_use() {
+    // 64-bit mode with EFER.NXE: a fetch fault reports I/D (bit 4).
+    let mut m = Machine::long();
+    m.identity(0, 3);
+    m.regs.rip = 0x2FFF;
+    m.load_code(&[0xC7]);
+    let ctx = MemoryAccessContext::new(&[], MemoryAccessType::Write, 0);
+    assert_eq!(m.mmio_ctx(6, &ctx).exception(), Exception::pf(0x3000, 0b1_0000));
+    // 32-bit paging without PAE and without SMEP: I/D stays clear.
+    let mut m = Machine::protected32();
+    m.regs.cr[0] |= 1 << 31;
+    m.identity(0, 3);
+    m.regs.rip = 0x2FFF;
+    m.load_code(&[0xC7]);
+    assert_eq!(m.mmio_ctx(6, &ctx).exception(), Exception::pf(0x3000, 0));
+    // ... unless SMEP is on.
+    m.regs.cr[3] |= 1 << 20;
+    assert_eq!(m.mmio_ctx(6, &ctx).exception(), Exception::pf(0x3000, 0b1_0000));
+}
