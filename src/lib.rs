@@ -30,6 +30,7 @@ mod emulator;
 mod error;
 mod execute;
 mod operand;
+pub mod paging;
 mod regfile;
 mod registers;
 mod rep;
