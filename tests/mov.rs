@@ -556,7 +556,10 @@ fn fetch_page_fault_sets_id_only_when_nx_or_smep_is_in_use() {
     m.regs.rip = 0x2FFF;
     m.load_code(&[0xC7]);
     let ctx = MemoryAccessContext::new(&[], MemoryAccessType::Write, 0);
-    assert_eq!(m.mmio_ctx(6, &ctx).exception(), Exception::pf(0x3000, 0b1_0000));
+    assert_eq!(
+        m.mmio_ctx(6, &ctx).exception(),
+        Exception::pf(0x3000, 0b1_0000)
+    );
     // 32-bit paging without PAE and without SMEP: I/D stays clear.
     let mut m = Machine::protected32();
     m.regs.cr[0] |= 1 << 31;
@@ -566,5 +569,49 @@ fn fetch_page_fault_sets_id_only_when_nx_or_smep_is_in_use() {
     assert_eq!(m.mmio_ctx(6, &ctx).exception(), Exception::pf(0x3000, 0));
     // ... unless SMEP is on.
     m.regs.cr[3] |= 1 << 20;
-    assert_eq!(m.mmio_ctx(6, &ctx).exception(), Exception::pf(0x3000, 0b1_0000));
+    assert_eq!(
+        m.mmio_ctx(6, &ctx).exception(),
+        Exception::pf(0x3000, 0b1_0000)
+    );
+}
+
+#[test]
+fn the_instruction_itself_must_lie_within_cs_and_canonical_space() {
+    // 64-bit: a 3-byte instruction whose last byte is past the canonical boundary.
+    let mut m = Machine::long();
+    m.regs.rip = 0x0000_7FFF_FFFF_FFFE;
+    m.set_gpr(RAX, MMIO);
+    let e = m
+        .mmio(&[0x89, 0x58, 0x10], MemoryAccessType::Write, MMIO + 0x10)
+        .exception();
+    assert_eq!(e, Exception::gp(0));
+    assert!(m.memory_calls().is_empty());
+    // Legacy mode: bytes supplied by the exit but extending past the CS limit.
+    let mut m = Machine::protected32();
+    m.regs
+        .set_segment(Segment::Cs, seg(0, 0x1001, 0x08, 0x409B));
+    m.regs.rip = 0x1000;
+    m.set_gpr(RAX, MMIO);
+    let e = m
+        .mmio(&[0x89, 0x58, 0x10], MemoryAccessType::Write, MMIO + 0x10)
+        .exception();
+    assert_eq!(e, Exception::gp(0));
+}
+
+#[test]
+fn common_64_bit_exit_reads_only_the_operand_registers() {
+    let mut m = Machine::long();
+    m.set_gpr(RAX, MMIO);
+    let ctx = MemoryAccessContext::new(&[0x89, 0x58, 0x10], MemoryAccessType::Write, MMIO + 0x10)
+        .with_gva(MMIO + 0x10);
+    m.mmio_ctx(3, &ctx).ok();
+    let gets: Vec<_> = m
+        .log
+        .iter()
+        .filter_map(|c| match c {
+            Call::Get(names) => Some(names.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gets, [vec![RegisterName::RAX, RegisterName::RBX]]);
 }

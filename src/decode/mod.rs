@@ -65,6 +65,11 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
                     .map_err(|_| undecodable())?;
             let instr = decoder.decode();
             if !instr.is_invalid() {
+                // The processor fetched every byte: the whole instruction lies within the CS
+                // limit and, in 64-bit mode, at canonical addresses (even when the exit supplied
+                // the bytes and nothing was fetched here).
+                let ip = self.state.mask_ip(self.state.rip);
+                self.linearize(Segment::Cs, ip, instr.len(), Intent::Execute)?;
                 return Ok(instr);
             }
             if decoder.last_error() != DecoderError::NoMoreBytes || len >= MAX_INSTRUCTION {

@@ -72,7 +72,6 @@ pub(crate) fn registers_needed<C: EmulatorCallbacks>(
     instr: &Instruction,
 ) -> RegSet {
     let mut set = operand_registers(instr);
-    let mut memory = family.touches_memory(instr);
     match family {
         Family::Move => set = mov::registers(set, instr),
         Family::String(op) => set = op.registers(set, instr),
@@ -80,7 +79,6 @@ pub(crate) fn registers_needed<C: EmulatorCallbacks>(
             set = op.registers(set, instr, cpu.port_hint.is_some());
             if cpu.port_permission_checked() {
                 set = set.with(Slot::Tr);
-                memory = true;
             }
         }
         // Its explicit operands are all it reads (RFLAGS comes with the exit).
@@ -90,9 +88,6 @@ pub(crate) fn registers_needed<C: EmulatorCallbacks>(
         // Only FS and GS have bases in 64-bit mode; the others need not be read.
         for s in [Segment::Es, Segment::Ss, Segment::Ds] {
             set = set.without(Slot::Seg(s));
-        }
-        if memory {
-            set = set.with(Slot::Cr4);
         }
     }
     set

@@ -35,9 +35,14 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
                 _ => 0,
             };
             let linear = base.wrapping_add(offset);
-            let width = if self.cr4()? & (1 << 12) != 0 { 57 } else { 48 };
-            if !canonical(linear, width) || !canonical(linear.wrapping_add(last), width) {
-                return Err(fault());
+            let end = linear.wrapping_add(last);
+            // CR4.LA57 matters only for addresses that are not 48-bit canonical, so the
+            // common exit never reads CR4.
+            if !(canonical(linear, 48) && canonical(end, 48)) {
+                let width = if self.cr4()? & (1 << 12) != 0 { 57 } else { 48 };
+                if !canonical(linear, width) || !canonical(end, width) {
+                    return Err(fault());
+                }
             }
             linear
         } else {
