@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{KVM_EXIT_IO_IN, kvm_fpu, kvm_regs, kvm_run, kvm_sregs, kvm_xsave};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+const EINTR: i32 = 4;
+
 /// A vCPU exit, copied out of `kvm_run` so it outlives the next `KVM_RUN`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -35,6 +37,15 @@ pub enum Exit {
     FailEntry {
         reason: u64,
     },
+    /// KVM_EXIT_DEBUG (e.g. after one instruction with [`Vcpu::set_single_step`]).
+    /// `pc` is the linear address of the next instruction.
+    Debug {
+        pc: u64,
+        exception: u32,
+    },
+    /// KVM_RUN returned EINTR: with [`Vcpu::set_immediate_exit`], the pending
+    /// MMIO/port access was completed and the guest did not run further.
+    Interrupted,
     /// Anything else, with KVM's description.
     Other(String),
 }
@@ -182,11 +193,45 @@ impl Vcpu {
                     data: internal.data[..n].to_vec(),
                 }
             }
+            Ok(VcpuExit::Debug(d)) => Exit::Debug {
+                pc: d.pc,
+                exception: d.exception,
+            },
             Ok(other) => Exit::Other(format!("{other:?}")),
+            Err(e) if e.errno() == EINTR => Exit::Interrupted,
             Err(e) => Exit::Other(format!("KVM_RUN failed: {e}")),
         };
         self.last_exit = Some(exit.clone());
         exit
+    }
+
+    /// KVM_SET_GUEST_DEBUG single-stepping: a [`Exit::Debug`] after each
+    /// instruction. On kvm-pvm this works at CPL 0 only (at CPL 3 the trap is
+    /// delivered to the guest as #DB), and an instruction that ends in an MMIO
+    /// or port *write* exit gets no Debug exit (KVM skips the single-step trap
+    /// when it leaves for userspace); use [`Vcpu::set_immediate_exit`] to
+    /// finish such an instruction.
+    pub fn set_single_step(&self, on: bool) {
+        let control = if on {
+            kvm_bindings::KVM_GUESTDBG_ENABLE | kvm_bindings::KVM_GUESTDBG_SINGLESTEP
+        } else {
+            0
+        };
+        let dbg = kvm_bindings::kvm_guest_debug {
+            control,
+            pad: 0,
+            arch: Default::default(),
+        };
+        self.fd.set_guest_debug(&dbg).expect("KVM_SET_GUEST_DEBUG");
+    }
+
+    /// `kvm_run.immediate_exit`: the next KVM_RUN completes the pending MMIO
+    /// or port access (which may produce further exits of the same
+    /// instruction), then returns [`Exit::Interrupted`] without running the
+    /// guest further. This is how to stop exactly at the end of the
+    /// instruction that exited.
+    pub fn set_immediate_exit(&mut self, on: bool) {
+        self.fd.set_kvm_immediate_exit(on as u8);
     }
 
     fn io_shape(&mut self) -> (u8, u32) {
