@@ -283,6 +283,31 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
         Ok(())
     }
 
+    /// Offers an atomic compare-exchange of a translated span to the monitor
+    /// ([`EmulatorCallbacks::compare_exchange`]); `expected`, `new` and `current` have the
+    /// span's length. `Ok(None)` when the monitor declines, or without asking it when the span
+    /// crosses a page.
+    pub(crate) fn compare_exchange_span(
+        &mut self,
+        span: &Span,
+        expected: &[u8],
+        new: &[u8],
+        current: &mut [u8],
+    ) -> Res<Option<bool>, C> {
+        let len = span.len;
+        let (Some(expected), Some(new), Some(current)) =
+            (expected.get(..len), new.get(..len), current.get_mut(..len))
+        else {
+            return Ok(None);
+        };
+        if span.first_len < len {
+            return Ok(None);
+        }
+        self.cb
+            .compare_exchange(span.first, expected, new, current)
+            .map_err(EmulationError::Memory)
+    }
+
     /// IN: one port read of 1, 2 or 4 bytes.
     pub(crate) fn port_in(&mut self, port: u16, size: u8) -> Res<u32, C> {
         let mut access = IoAccessInfo {

@@ -212,6 +212,54 @@ pub trait EmulatorCallbacks {
         gva_page: u64,
         flags: TranslateGvaFlags,
     ) -> Result<(TranslateGvaResult, u64), Self::Error>;
+
+    /// Provided: an atomic compare-exchange on guest-physical memory, for LOCKed instructions.
+    ///
+    /// hvemu offers this for the memory operand of a locked read-modify-write — XCHG (always
+    /// locked), and LOCK-prefixed XADD, CMPXCHG, CMPXCHG8B, CMPXCHG16B, ADD, ADC, AND, OR, SBB,
+    /// SUB, XOR, INC, DEC, NEG and NOT — when the operand lies within one 4 KiB page. The
+    /// operand has already been translated and checked for reading and writing.
+    ///
+    /// `expected`, `new` and `current` have the same length: 1, 2, 4, 8 or 16 bytes, in memory
+    /// order; `gpa` need not be aligned to it. Atomically with respect to every other agent:
+    ///
+    /// * if the bytes at `gpa` equal `expected`, replace them with `new`, copy `expected` into
+    ///   `current` and return `Ok(Some(true))`;
+    /// * otherwise leave memory as it is, copy the bytes found into `current` and return
+    ///   `Ok(Some(false))`. (The processor writes the old value back on a failed LOCK CMPXCHG;
+    ///   on memory that is not observable, so the monitor need not do it.)
+    ///
+    /// Return `Ok(None)` — what the default does — when the access cannot be done atomically
+    /// here (MMIO, an unaligned operand the host cannot lock, no support at all). hvemu then
+    /// makes the access the way it makes every other one: a `memory` read of the operand,
+    /// then a `memory` write of the result (for a failed CMPXCHG, the old value), with nothing
+    /// in between. Who else may observe memory between the two is then up to the monitor,
+    /// which has stopped this processor for the exit. Operands that cross a page always take
+    /// this path, without a call here.
+    ///
+    /// When the new value depends on the old one (XADD, the ALU, XCHG's old value), hvemu calls
+    /// this with its best guess of the old value, and on a mismatch retries with the value
+    /// `current` reported, at most 8 attempts per instruction. A call that fails only because
+    /// the new value would equal the value found (a failed CMPXCHG) completes the instruction
+    /// without another call. If every attempt loses the race to other writers, nothing has
+    /// been written: hvemu commits no change but RIP unchanged (the instruction is reported as
+    /// [`Completion::Partial`](crate::Completion::Partial)) and the guest executes it again.
+    /// Returning `Ok(None)` after `Ok(Some(false))` within one instruction is allowed; hvemu
+    /// then falls back as above. An `Err` stops the emulation as a failed `memory` call does
+    /// ([`EmulationError::Memory`](crate::EmulationError::Memory)).
+    ///
+    /// A monitor that implements only the five methods above still emulates every locked
+    /// instruction, through `memory`.
+    fn compare_exchange(
+        &mut self,
+        gpa: u64,
+        expected: &[u8],
+        new: &[u8],
+        current: &mut [u8],
+    ) -> Result<Option<bool>, Self::Error> {
+        let _ = (gpa, expected, new, current);
+        Ok(None)
+    }
 }
 
 impl<T: EmulatorCallbacks + ?Sized> EmulatorCallbacks for &mut T {
@@ -247,5 +295,15 @@ impl<T: EmulatorCallbacks + ?Sized> EmulatorCallbacks for &mut T {
         flags: TranslateGvaFlags,
     ) -> Result<(TranslateGvaResult, u64), Self::Error> {
         (**self).translate_gva_page(gva_page, flags)
+    }
+
+    fn compare_exchange(
+        &mut self,
+        gpa: u64,
+        expected: &[u8],
+        new: &[u8],
+        current: &mut [u8],
+    ) -> Result<Option<bool>, Self::Error> {
+        (**self).compare_exchange(gpa, expected, new, current)
     }
 }

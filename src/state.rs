@@ -22,6 +22,9 @@ pub(crate) mod gpr {
     pub(crate) const RAX: u8 = 0;
     pub(crate) const RCX: u8 = 1;
     pub(crate) const RDX: u8 = 2;
+    pub(crate) const RBX: u8 = 3;
+    pub(crate) const RSP: u8 = 4;
+    pub(crate) const RBP: u8 = 5;
     pub(crate) const RSI: u8 = 6;
     pub(crate) const RDI: u8 = 7;
 }
@@ -165,6 +168,8 @@ pub(crate) struct State {
     /// RFLAGS as the instruction leaves it.
     pub rflags: u64,
     rflags_at_exit: u64,
+    /// Where a control transfer (CALL, JMP, RET) goes, instead of the next instruction.
+    branch: Option<u64>,
     gpr: [u64; 16],
     seg: [SegmentRegister; 6],
     tr: SegmentRegister,
@@ -205,6 +210,7 @@ impl State {
             rip: vp.rip,
             rflags: vp.rflags,
             rflags_at_exit: vp.rflags,
+            branch: None,
             gpr: [0; 16],
             seg,
             tr: SegmentRegister::default(),
@@ -400,9 +406,17 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
         Ok(())
     }
 
+    /// Makes the instruction a control transfer: the commit writes `target` to RIP instead of
+    /// the address of the next instruction.
+    pub(crate) fn branch_to(&mut self, target: u64) {
+        self.state.branch = Some(target);
+    }
+
     /// Commits the changed registers (and RIP, and RFLAGS if it changed) in one
     /// `set_registers` call. RF is cleared: the instruction completed (or made progress).
+    /// A control transfer's target (see [`Cpu::branch_to`]) replaces `new_rip`.
     pub(crate) fn commit(&mut self, new_rip: u64) -> Res<(), C> {
+        let new_rip = self.state.branch.unwrap_or(new_rip);
         // 16 GPRs, RIP and RFLAGS: pushes cannot fail.
         let mut names: heapless::Vec<RegisterName, 18> = heapless::Vec::new();
         let mut values: heapless::Vec<RegisterValue, 18> = heapless::Vec::new();

@@ -19,8 +19,11 @@
 //!   register (8- and 16-bit writes merge, 32-bit writes zero-extend).
 //! * LOCK is accepted where the decoder accepts it (memory-destination forms of every operation
 //!   here except CMP and TEST); iced-x86 rejects it elsewhere, so such bytes are undecodable.
-//!   The locked operation is performed as that same read and write through the callbacks: the
-//!   monitor, which stops the processor for the exit, decides what other agents may observe
+//!   A locked operand within one page is first offered to the monitor's
+//!   [`compare_exchange`](crate::EmulatorCallbacks::compare_exchange) (read, compute,
+//!   compare-exchange, bounded retries; [`super::xchg::read_modify_write`]); when the monitor
+//!   declines, or the operand crosses a page, it is that same read and write through `memory`:
+//!   the monitor, which stops the processor for the exit, decides what other agents may observe
 //!   between them.
 //!
 //! # Flags
@@ -35,9 +38,11 @@
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
 use super::flags::{self, AF, ARITHMETIC, CF, Outcome};
+use super::xchg::{Rmw, read_modify_write};
 use super::{read_value, unsupported};
 use crate::access::Intent;
 use crate::callbacks::EmulatorCallbacks;
+use crate::rep::Progress;
 use crate::state::{Cpu, Res, width_mask};
 
 /// One ALU operation: `dst ← dst op src`, with the flags it defines.
@@ -270,7 +275,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
     cpu: &mut Cpu<'_, C>,
     instr: &Instruction,
     kind: AluKind,
-) -> Res<(), C> {
+) -> Res<Progress, C> {
     match kind {
         AluKind::Add => run_op::<Add, C>(cpu, instr),
         AluKind::Or => run_op::<Or, C>(cpu, instr),
@@ -309,7 +314,7 @@ fn source<C: EmulatorCallbacks>(cpu: &mut Cpu<'_, C>, instr: &Instruction) -> Re
 pub(crate) fn run_op<O: AluOp, C: EmulatorCallbacks>(
     cpu: &mut Cpu<'_, C>,
     instr: &Instruction,
-) -> Res<(), C> {
+) -> Res<Progress, C> {
     let size = instr.memory_size().size();
     if !matches!(size, 1 | 2 | 4 | 8) {
         return Err(unsupported(instr));
@@ -330,6 +335,18 @@ pub(crate) fn run_op<O: AluOp, C: EmulatorCallbacks>(
             };
             // Every fault is found here, before the read.
             let span = cpu.resolve(mem, size, intent)?;
+            if O::WRITES && instr.has_lock_prefix() {
+                // Through the monitor's compare-exchange when it offers one (`super::xchg`).
+                let update = |old: u128| u128::from(O::apply(old as u64, src, rflags, size).value);
+                let Rmw::Done { old } = read_modify_write(cpu, &span, size, true, 0, update)?
+                else {
+                    return Ok(Progress::Partial);
+                };
+                let outcome = O::apply(old as u64, src, rflags, size);
+                let changed = O::DEFINED | O::UNDEFINED;
+                cpu.state.rflags = (rflags & !changed) | (outcome.flags & changed);
+                return Ok(Progress::Complete);
+            }
             let mut buf = [0u8; 8];
             cpu.read_span(&span, buf.get_mut(..size).unwrap_or(&mut []))?;
             let outcome = O::apply(u64::from_le_bytes(buf), src, rflags, size);
@@ -353,7 +370,7 @@ pub(crate) fn run_op<O: AluOp, C: EmulatorCallbacks>(
     };
     let changed = O::DEFINED | O::UNDEFINED;
     cpu.state.rflags = (rflags & !changed) | (outcome.flags & changed);
-    Ok(())
+    Ok(Progress::Complete)
 }
 
 #[cfg(test)]

@@ -4,15 +4,19 @@
 //! | family | module | instructions |
 //! |---|---|---|
 //! | moves | [`mov`] | MOV (r/m, moffs, imm, Sreg store), MOVZX, MOVSX, MOVSXD |
-//! | strings | [`string`] | MOVS, STOS, LODS (with REP) |
+//! | strings | [`string`] | MOVS, STOS, LODS (with REP); CMPS, SCAS (with REPE/REPNE) |
 //! | ports | [`io`] | IN, OUT, INS, OUTS (with REP); CPL/IOPL and the TSS I/O bitmap |
 //! | ALU | [`alu`] | ADD, OR, ADC, SBB, AND, SUB, XOR, CMP, TEST, INC, DEC, NEG, NOT on memory; flags in [`flags`] |
+//! | exchange | [`xchg`] | XCHG, XADD, CMPXCHG, CMPXCHG8B, CMPXCHG16B on memory; the locked read-modify-write (monitor compare-exchange) |
+//! | stack | [`stack`] | PUSH, POP, PUSHF, near CALL, JMP m, RET, LEAVE: the operand or the stack in emulated memory |
 
 mod alu;
 mod flags;
 mod io;
 mod mov;
+mod stack;
 mod string;
+mod xchg;
 
 use iced_x86::{Instruction, OpKind};
 
@@ -34,6 +38,10 @@ pub(crate) enum Family {
     Port(io::PortOp),
     /// ADD … NOT with a memory operand.
     Alu(alu::AluKind),
+    /// XCHG, XADD, CMPXCHG, CMPXCHG8B, CMPXCHG16B with a memory operand.
+    Exchange(xchg::ExchangeKind),
+    /// PUSH, POP, PUSHF, near CALL, JMP m, RET, LEAVE.
+    Stack(stack::StackOp),
 }
 
 impl Family {
@@ -44,6 +52,8 @@ impl Family {
             .or_else(|| string::classify(instr).map(Family::String))
             .or_else(|| io::classify(instr).map(Family::Port))
             .or_else(|| alu::classify(instr).map(Family::Alu))
+            .or_else(|| xchg::classify(instr).map(Family::Exchange))
+            .or_else(|| stack::classify(instr).map(Family::Stack))
     }
 
     /// Whether the instruction accesses memory (so that a memory exit can come from it).
@@ -53,6 +63,9 @@ impl Family {
             Family::String(_) => true,
             Family::Port(op) => op.string,
             Family::Alu(_) => true,
+            Family::Exchange(_) => true,
+            // The operand or the stack: every form classified touches one.
+            Family::Stack(_) => true,
         }
     }
 
@@ -83,6 +96,8 @@ pub(crate) fn registers_needed<C: EmulatorCallbacks>(
         }
         // Its explicit operands are all it reads (RFLAGS comes with the exit).
         Family::Alu(_) => {}
+        Family::Exchange(kind) => set = kind.registers(set),
+        Family::Stack(op) => set = op.registers(set),
     }
     if cpu.state.mode == Mode::Long {
         // Only FS and GS have bases in 64-bit mode; the others need not be read.
@@ -103,7 +118,9 @@ pub(crate) fn run<C: EmulatorCallbacks>(
         Family::Move => mov::run(cpu, instr).map(|()| Progress::Complete),
         Family::String(op) => string::run(cpu, instr, op),
         Family::Port(op) => io::run(cpu, instr, op),
-        Family::Alu(kind) => alu::run(cpu, instr, kind).map(|()| Progress::Complete),
+        Family::Alu(kind) => alu::run(cpu, instr, kind),
+        Family::Exchange(kind) => xchg::run(cpu, instr, kind),
+        Family::Stack(op) => stack::run(cpu, instr, op).map(|()| Progress::Complete),
     }
 }
 
@@ -121,4 +138,72 @@ pub(crate) fn read_value<C: EmulatorCallbacks>(
 /// The error for an instruction form hvemu does not emulate.
 pub(crate) fn unsupported<E>(instr: &Instruction) -> EmulationError<E> {
     EmulationError::Unsupported { code: instr.code() }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    extern crate std;
+
+    use iced_x86::{Code, Decoder, DecoderOptions, Instruction, OpKind};
+    use std::collections::BTreeMap;
+    use std::sync::OnceLock;
+    use std::vec::Vec;
+
+    /// Samples of every instruction the one- and two-byte opcode maps decode to, in 16-, 32-
+    /// and 64-bit code, with the operand-size, REX.W, LOCK and REP prefixes and both a memory
+    /// and a register ModRM: per iced-x86 code, the first sample with a memory operand and the
+    /// first without one. Built once per test binary.
+    pub(crate) fn decode_all_forms() -> &'static BTreeMap<Code, Vec<Instruction>> {
+        static FORMS: OnceLock<BTreeMap<Code, Vec<Instruction>>> = OnceLock::new();
+        FORMS.get_or_init(|| {
+            let mut found: BTreeMap<Code, Vec<Instruction>> = BTreeMap::new();
+            let prefixes: [&[u8]; 12] = [
+                &[],
+                &[0x66],
+                &[0x48],
+                &[0xF0],
+                &[0xF0, 0x66],
+                &[0xF0, 0x48],
+                &[0xF3],
+                &[0xF3, 0x66],
+                &[0xF3, 0x48],
+                &[0xF2],
+                &[0xF2, 0x66],
+                &[0xF2, 0x48],
+            ];
+            for bitness in [16, 32, 64] {
+                for prefix in prefixes {
+                    if bitness != 64 && prefix.contains(&0x48) {
+                        continue;
+                    }
+                    for map in [&[][..], &[0x0F][..]] {
+                        for opcode in 0..=0xFFu8 {
+                            if map.is_empty() && opcode == 0x0F {
+                                continue;
+                            }
+                            for modrm in (0..8u8).flat_map(|reg| [reg << 3, 0xC0 | reg << 3]) {
+                                let mut bytes = Vec::from(prefix);
+                                bytes.extend_from_slice(map);
+                                bytes.extend_from_slice(&[opcode, modrm, 0, 0, 0, 0, 0, 0]);
+                                let mut decoder =
+                                    Decoder::new(bitness, &bytes, DecoderOptions::NONE);
+                                let instr = decoder.decode();
+                                if instr.is_invalid() {
+                                    continue;
+                                }
+                                let memory = |i: &Instruction| {
+                                    (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory)
+                                };
+                                let samples = found.entry(instr.code()).or_default();
+                                if !samples.iter().any(|s| memory(s) == memory(&instr)) {
+                                    samples.push(instr);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            found
+        })
+    }
 }

@@ -1,9 +1,19 @@
 //! String moves: MOVS, STOS, LODS (SDM Vol. 2B "MOVS/MOVSB/MOVSW/MOVSD/MOVSQ", "STOS", "LODS";
 //! AMD APM Vol. 3). No flags are written; DF chooses the direction. The source segment may be
 //! overridden, the destination is always ES. rSI, rDI and rCX are sized by the address size.
+//!
+//! String compares: CMPS and SCAS (SDM Vol. 2A "CMPS/CMPSB/CMPSW/CMPSD/CMPSQ", Vol. 2B
+//! "SCAS/SCASB/SCASW/SCASD"). CMPS sets the six status flags as `CMP [seg:rSI], [ES:rDI]`
+//! (the source segment overridable, DS by default), SCAS as `CMP rAX, [ES:rDI]`, both through
+//! [`super::flags::sub`]; no other flag changes. CMPS resolves both operands (segmentation,
+//! translation) before reading either, then reads rSI's first. With REPE/REPZ (F3) the
+//! repetition also stops after an iteration that clears ZF, with REPNE/REPNZ (F2) after one
+//! that sets it ([`crate::rep`]); RCX, RSI, RDI and the flags are then those of that last
+//! iteration.
 
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
+use super::flags::{self, ARITHMETIC};
 use super::unsupported;
 use crate::access::Intent;
 use crate::callbacks::EmulatorCallbacks;
@@ -22,6 +32,10 @@ pub(crate) enum StringKind {
     Stos,
     /// rAX ← [rSI].
     Lods,
+    /// Flags of [rSI] − [rDI].
+    Cmps,
+    /// Flags of rAX − [rDI].
+    Scas,
 }
 
 /// A string move with its element size.
@@ -37,6 +51,10 @@ pub(super) fn classify(instr: &Instruction) -> Option<StringOp> {
         Mnemonic::Movsd if string_address_size(instr).is_some() => StringKind::Movs,
         Mnemonic::Stosb | Mnemonic::Stosw | Mnemonic::Stosd | Mnemonic::Stosq => StringKind::Stos,
         Mnemonic::Lodsb | Mnemonic::Lodsw | Mnemonic::Lodsd | Mnemonic::Lodsq => StringKind::Lods,
+        Mnemonic::Cmpsb | Mnemonic::Cmpsw | Mnemonic::Cmpsq => StringKind::Cmps,
+        // CMPSD is also the SSE compare; only the string form has string operands.
+        Mnemonic::Cmpsd if string_address_size(instr).is_some() => StringKind::Cmps,
+        Mnemonic::Scasb | Mnemonic::Scasw | Mnemonic::Scasd | Mnemonic::Scasq => StringKind::Scas,
         _ => return None,
     };
     Some(StringOp { kind })
@@ -95,16 +113,17 @@ pub(crate) fn string_operand<C: EmulatorCallbacks>(
 impl StringOp {
     /// Adds the registers the instruction reads beyond its explicit operands.
     pub(crate) fn registers(self, set: RegSet, instr: &Instruction) -> RegSet {
+        use StringKind::{Cmps, Lods, Movs, Scas, Stos};
         let mut set = set.with(Slot::Gpr(RCX));
-        if self.kind != StringKind::Stos {
+        if matches!(self.kind, Movs | Lods | Cmps) {
             set = set
                 .with(Slot::Gpr(RSI))
                 .with_register(instr.memory_segment());
         }
-        if self.kind != StringKind::Lods {
+        if matches!(self.kind, Movs | Stos | Cmps | Scas) {
             set = set.with(Slot::Gpr(RDI)).with(Slot::Seg(Segment::Es));
         }
-        if self.kind != StringKind::Movs {
+        if matches!(self.kind, Stos | Lods | Scas) {
             set = set.with(Slot::Gpr(RAX));
         }
         set
@@ -122,7 +141,8 @@ pub(super) fn run<C: EmulatorCallbacks>(
         return Err(unsupported(instr));
     };
     let source = segment_of(instr.memory_segment()).unwrap_or(Segment::Ds);
-    rep::run(cpu, instr, address_size, false, |cpu| {
+    let compares = matches!(op.kind, StringKind::Cmps | StringKind::Scas);
+    rep::run(cpu, instr, address_size, compares, |cpu| {
         let mut buf = [0u8; 8];
         let data = buf.get_mut(..size).unwrap_or(&mut []);
         match op.kind {
@@ -150,6 +170,93 @@ pub(super) fn run<C: EmulatorCallbacks>(
                 cpu.write_reg(accumulator(size), u64::from_le_bytes(buf))?;
                 advance(cpu, RSI, size, address_size)
             }
+            StringKind::Cmps => {
+                let src = string_operand(cpu, source, RSI, address_size)?;
+                let dst = string_operand(cpu, Segment::Es, RDI, address_size)?;
+                let src = cpu.resolve(src, size, Intent::Read)?;
+                let dst = cpu.resolve(dst, size, Intent::Read)?;
+                let mut second = [0u8; 8];
+                cpu.read_span(&src, data)?;
+                cpu.read_span(&dst, second.get_mut(..size).unwrap_or(&mut []))?;
+                compare(
+                    cpu,
+                    u64::from_le_bytes(buf),
+                    u64::from_le_bytes(second),
+                    size,
+                );
+                advance(cpu, RSI, size, address_size)?;
+                advance(cpu, RDI, size, address_size)
+            }
+            StringKind::Scas => {
+                let dst = string_operand(cpu, Segment::Es, RDI, address_size)?;
+                let value = cpu.read_reg(accumulator(size))?;
+                cpu.read_mem(dst, data)?;
+                compare(cpu, value, u64::from_le_bytes(buf), size);
+                advance(cpu, RDI, size, address_size)
+            }
         }
     })
+}
+
+/// Sets the six status flags as `CMP first, second` at `size` bytes does.
+fn compare<C: EmulatorCallbacks>(cpu: &mut Cpu<'_, C>, first: u64, second: u64, size: usize) {
+    let outcome = flags::sub(first, second, false, size);
+    cpu.state.rflags = (cpu.state.rflags & !ARITHMETIC) | outcome.flags;
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use iced_x86::Code;
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::execute::{Family, tests::decode_all_forms};
+
+    /// The string family accepts exactly iced-x86's MOVS, STOS, LODS, CMPS and SCAS codes (and
+    /// not the SSE CMPSD/MOVSD that share a mnemonic).
+    #[test]
+    fn every_string_code_is_accepted() {
+        let forms = decode_all_forms();
+        let accepted = |kind: StringKind| -> Vec<Code> {
+            Code::values()
+                .filter(|c| {
+                    forms.get(c).is_some_and(|samples| {
+                        samples
+                            .iter()
+                            .any(|i| Family::of(i) == Some(Family::String(StringOp { kind })))
+                    })
+                })
+                .collect()
+        };
+        let cmps = accepted(StringKind::Cmps);
+        let scas = accepted(StringKind::Scas);
+        assert_eq!(
+            cmps,
+            [
+                Code::Cmpsb_m8_m8,
+                Code::Cmpsw_m16_m16,
+                Code::Cmpsd_m32_m32,
+                Code::Cmpsq_m64_m64
+            ]
+        );
+        assert_eq!(
+            scas,
+            [
+                Code::Scasb_AL_m8,
+                Code::Scasw_AX_m16,
+                Code::Scasd_EAX_m32,
+                Code::Scasq_RAX_m64
+            ]
+        );
+        let sse = forms.get(&Code::Cmpsd_xmm_xmmm64_imm8).expect("decoded");
+        assert!(sse.iter().all(|i| classify(i).is_none()));
+        std::println!(
+            "string compares: {} iced-x86 Code values (CMPS {}, SCAS {})",
+            cmps.len() + scas.len(),
+            cmps.len(),
+            scas.len()
+        );
+    }
 }

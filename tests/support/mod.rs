@@ -29,7 +29,17 @@ pub enum Call {
         gva: u64,
         flags: TranslateGvaFlags,
     },
+    /// A `compare_exchange` offer and the model's answer (`None`: declined).
+    CompareExchange {
+        gpa: u64,
+        expected: Vec<u8>,
+        new: Vec<u8>,
+        result: Option<bool>,
+    },
 }
+
+/// One `compare_exchange` call: (gpa, expected, new, the model's answer).
+pub type CompareExchangeCall = (u64, Vec<u8>, Vec<u8>, Option<bool>);
 
 /// A page mapping: linear page → GPA page with permission bits.
 #[derive(Clone, Copy, Debug)]
@@ -67,6 +77,12 @@ pub struct Machine {
     pub misalign_translation: bool,
     pub fail: Option<Fail>,
     pub log: Vec<Call>,
+    /// Whether the model performs `compare_exchange` on RAM (it always declines for MMIO).
+    /// Off by default: the model then declines every offer, as a monitor without the method.
+    pub atomic_ram: bool,
+    /// Writes "another processor" makes just before each `compare_exchange`, one per call, so
+    /// that the emulator's compare-exchange loses its race.
+    pub racing_writes: VecDeque<(u64, Vec<u8>)>,
 }
 
 impl Machine {
@@ -81,6 +97,8 @@ impl Machine {
             misalign_translation: false,
             fail: None,
             log: Vec::new(),
+            atomic_ram: false,
+            racing_writes: VecDeque::new(),
         }
     }
 
@@ -231,6 +249,22 @@ impl Machine {
             .collect()
     }
 
+    /// The `compare_exchange` calls.
+    pub fn compare_exchanges(&self) -> Vec<CompareExchangeCall> {
+        self.log
+            .iter()
+            .filter_map(|c| match c {
+                Call::CompareExchange {
+                    gpa,
+                    expected,
+                    new,
+                    result,
+                } => Some((*gpa, expected.clone(), new.clone(), *result)),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn io_calls(&self) -> Vec<(u16, bool, u8, u32)> {
         self.log
             .iter()
@@ -342,7 +376,7 @@ impl EmulatorCallbacks for Machine {
         let gpa = access.gpa_address;
         assert_eq!(
             gpa >> 12,
-            (gpa + len as u64 - 1) >> 12,
+            (gpa + (len as u64 - 1)) >> 12,
             "access crosses a page"
         );
         let write = access.direction == AccessDirection::Write;
@@ -425,6 +459,92 @@ impl EmulatorCallbacks for Machine {
             TranslateGvaResult::Success
         };
         Ok((result, pte.gpa))
+    }
+
+    fn compare_exchange(
+        &mut self,
+        gpa: u64,
+        expected: &[u8],
+        new: &[u8],
+        current: &mut [u8],
+    ) -> Result<Option<bool>, Self::Error> {
+        if self.fail == Some(Fail::Memory) {
+            return Err("compare_exchange failed");
+        }
+        let len = expected.len();
+        assert!(
+            matches!(len, 1 | 2 | 4 | 8 | 16),
+            "compare_exchange size {len}"
+        );
+        assert_eq!(new.len(), len);
+        assert_eq!(current.len(), len);
+        assert_eq!(
+            gpa >> 12,
+            (gpa + (len as u64 - 1)) >> 12,
+            "compare_exchange crosses a page"
+        );
+        if let Some((at, bytes)) = self.racing_writes.pop_front() {
+            self.write_phys(at, &bytes);
+        }
+        let result = if self.atomic_ram && gpa < RAM_SIZE && RAM_SIZE - gpa >= len as u64 {
+            let found = self.read_phys(gpa, len);
+            current.copy_from_slice(&found);
+            if found == expected {
+                self.write_phys(gpa, new);
+                Some(true)
+            } else {
+                Some(false)
+            }
+        } else {
+            None
+        };
+        self.log.push(Call::CompareExchange {
+            gpa,
+            expected: expected.to_vec(),
+            new: new.to_vec(),
+            result,
+        });
+        Ok(result)
+    }
+}
+
+/// A monitor with only the five required callbacks (no `compare_exchange`), backed by a
+/// [`Machine`]: what hvemu sees from a monitor that predates the provided methods.
+pub struct Basic<'a>(pub &'a mut Machine);
+
+impl EmulatorCallbacks for Basic<'_> {
+    type Error = &'static str;
+
+    fn io_port(&mut self, access: &mut IoAccessInfo) -> Result<(), Self::Error> {
+        self.0.io_port(access)
+    }
+
+    fn memory(&mut self, access: &mut MemoryAccessInfo<'_>) -> Result<(), Self::Error> {
+        self.0.memory(access)
+    }
+
+    fn get_registers(
+        &mut self,
+        names: &[RegisterName],
+        values: &mut [RegisterValue],
+    ) -> Result<(), Self::Error> {
+        self.0.get_registers(names, values)
+    }
+
+    fn set_registers(
+        &mut self,
+        names: &[RegisterName],
+        values: &[RegisterValue],
+    ) -> Result<(), Self::Error> {
+        self.0.set_registers(names, values)
+    }
+
+    fn translate_gva_page(
+        &mut self,
+        gva_page: u64,
+        flags: TranslateGvaFlags,
+    ) -> Result<(TranslateGvaResult, u64), Self::Error> {
+        self.0.translate_gva_page(gva_page, flags)
     }
 }
 
