@@ -29,6 +29,16 @@ pub struct Config {
     /// exhausted by then, the call commits the progress made and leaves RIP on the instruction,
     /// so the guest executes it again (and exits again). Default: 4096; 0 is treated as 1.
     pub max_rep_iterations: u32,
+    /// Whether hvemu hands exceptions to the guest itself. When set, an instruction that
+    /// faults makes one `set_registers` call writing only [`RegisterName::PENDING_EVENT`]
+    /// (`WHV_X64_PENDING_EXCEPTION_EVENT`: vector, error code, and CR2 or the DR6 bits as the
+    /// exception parameter) and the emulation answers
+    /// [`Completion::Injected`](crate::Completion::Injected); a single-step trap is queued in
+    /// the commit itself. When clear (the default), the exception is returned in
+    /// [`EmulationError::Exception`](crate::EmulationError::Exception) for the monitor.
+    ///
+    /// [`RegisterName::PENDING_EVENT`]: crate::RegisterName::PENDING_EVENT
+    pub inject_exceptions: bool,
 }
 
 impl Config {
@@ -38,6 +48,12 @@ impl Config {
     /// Sets [`Config::vendor`].
     pub const fn with_vendor(mut self, vendor: Vendor) -> Self {
         self.vendor = vendor;
+        self
+    }
+
+    /// Sets [`Config::inject_exceptions`].
+    pub const fn with_exception_injection(mut self, inject: bool) -> Self {
+        self.inject_exceptions = inject;
         self
     }
 
@@ -53,6 +69,7 @@ impl Default for Config {
         Self {
             vendor: Vendor::Intel,
             max_rep_iterations: Self::DEFAULT_MAX_REP_ITERATIONS,
+            inject_exceptions: false,
         }
     }
 }

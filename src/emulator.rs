@@ -5,14 +5,15 @@ use crate::access::GpaHint;
 use crate::callbacks::{EmulatorCallbacks, TranslateGvaFlags};
 use crate::config::Config;
 use crate::context::{IoPortAccessContext, MemoryAccessContext, MemoryAccessType, VpExitContext};
-use crate::error::{EmulationError, EmulatorStatus, InvalidArgument};
+use crate::error::{EmulationError, EmulatorStatus, Exception, InvalidArgument};
 use crate::execute::{self, Family};
-use crate::registers::Segment;
+use crate::registers::{RegisterName, RegisterValue, Segment};
 use crate::rep::Progress;
-use crate::state::{Cpu, gpr};
+use crate::state::{Cpu, RFLAGS_TF, gpr};
 
 /// How a successful emulation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Completion {
     /// The instruction completed; RIP points past it.
     Complete,
@@ -20,6 +21,19 @@ pub enum Completion {
     /// that failed) with count left: its progress is committed and RIP stays on it, so the
     /// guest executes it again.
     Partial,
+    /// RFLAGS.TF was set: the instruction completed (or, for a REP instruction, one iteration;
+    /// `partial` says which) and its registers are committed; the guest must now take the
+    /// single-step #DB trap with DR6.BS set. Returned only without exception injection; with
+    /// it, hvemu queued the trap in the same `set_registers` call and answers `Complete` or
+    /// `Partial`.
+    SingleStepTrap {
+        /// Whether a REP instruction stopped with count left (RIP stays on it).
+        partial: bool,
+    },
+    /// Exception injection is configured and the instruction raised `exception`: nothing of
+    /// the instruction was committed, and one `set_registers` call queued the exception in the
+    /// pending-event register. Resume the processor; it delivers the exception.
+    Injected(Exception),
 }
 
 /// An instruction emulator for one virtual processor.
@@ -121,6 +135,15 @@ impl<C: EmulatorCallbacks> Emulator<C> {
         vp: &VpExitContext,
         io: &IoPortAccessContext,
     ) -> Result<Completion, EmulationError<C::Error>> {
+        let result = self.run_io(vp, io);
+        self.deliver(vp, result)
+    }
+
+    fn run_io(
+        &mut self,
+        vp: &VpExitContext,
+        io: &IoPortAccessContext,
+    ) -> Result<Completion, EmulationError<C::Error>> {
         let bytes = validate(vp, io.instruction_byte_count, &io.instruction_bytes)?;
         let info = io.access_info;
         if !matches!(info.access_size, 1 | 2 | 4) {
@@ -162,6 +185,15 @@ impl<C: EmulatorCallbacks> Emulator<C> {
         vp: &VpExitContext,
         mmio: &MemoryAccessContext,
     ) -> Result<Completion, EmulationError<C::Error>> {
+        let result = self.run_mmio(vp, mmio);
+        self.deliver(vp, result)
+    }
+
+    fn run_mmio(
+        &mut self,
+        vp: &VpExitContext,
+        mmio: &MemoryAccessContext,
+    ) -> Result<Completion, EmulationError<C::Error>> {
         let bytes = validate(vp, mmio.instruction_byte_count, &mmio.instruction_bytes)?;
         let mut cpu = Cpu::new(&mut self.callbacks, &self.config, vp);
         if mmio.access_info.gva_valid {
@@ -192,6 +224,49 @@ impl<C: EmulatorCallbacks> Emulator<C> {
     }
 }
 
+impl<C: EmulatorCallbacks> Emulator<C> {
+    /// Hands an exception to the guest when injection is configured: one `set_registers` call
+    /// writes the pending-event register, unless the guest's IDT cannot hold the vector, in
+    /// which case delivery would only escalate (#DF, shutdown) and the guest cannot be faulted.
+    fn deliver(
+        &mut self,
+        vp: &VpExitContext,
+        result: Result<Completion, EmulationError<C::Error>>,
+    ) -> Result<Completion, EmulationError<C::Error>> {
+        let exception = match result {
+            Err(EmulationError::Exception(e)) if self.config.inject_exceptions => e,
+            other => return other,
+        };
+        let mut idtr = [RegisterValue::default()];
+        self.callbacks
+            .get_registers(&[RegisterName::IDTR], &mut idtr)
+            .map_err(EmulationError::GetRegisters)?;
+        let [idtr] = idtr;
+        let idtr = idtr
+            .as_table()
+            .ok_or(EmulationError::BadRegisterValue(RegisterName::IDTR))?;
+        let state = vp.execution_state;
+        let entry: u32 = if !state.cr0_pe {
+            4
+        } else if state.efer_lma {
+            16
+        } else {
+            8
+        };
+        let last_byte = (u32::from(exception.vector as u8) + 1) * entry - 1;
+        if last_byte > u32::from(idtr.limit) {
+            return Err(EmulationError::GuestCannotBeFaulted(exception));
+        }
+        self.callbacks
+            .set_registers(
+                &[RegisterName::PENDING_EVENT],
+                &[RegisterValue::U128(exception.pending_event())],
+            )
+            .map_err(EmulationError::SetRegisters)?;
+        Ok(Completion::Injected(exception))
+    }
+}
+
 /// Gathers the registers, runs the instruction, commits.
 fn finish<C: EmulatorCallbacks>(
     mut cpu: Cpu<'_, C>,
@@ -201,16 +276,26 @@ fn finish<C: EmulatorCallbacks>(
     let needed = execute::registers_needed(&cpu, family, instr);
     cpu.fetch(needed)?;
     let progress = execute::run(&mut cpu, family, instr)?;
-    let (rip, completion) = match progress {
-        Progress::Complete => (
-            cpu.state
-                .mask_ip(cpu.state.rip.wrapping_add(instr.len() as u64)),
-            Completion::Complete,
-        ),
-        Progress::Partial => (cpu.state.rip, Completion::Partial),
+    let partial = progress == Progress::Partial;
+    let rip = if partial {
+        cpu.state.rip
+    } else {
+        cpu.state
+            .mask_ip(cpu.state.rip.wrapping_add(instr.len() as u64))
     };
-    cpu.commit(rip)?;
-    Ok(completion)
+    // Single-step traps after the instruction, or after each REP iteration (SDM Vol. 3B
+    // §18.3.1.4): queue it with the commit when injecting, or tell the monitor.
+    let single_step = cpu.exit_rflags() & RFLAGS_TF != 0;
+    let inject = single_step && cpu.config.inject_exceptions;
+    cpu.commit(
+        rip,
+        inject.then(|| Exception::single_step().pending_event()),
+    )?;
+    Ok(match (single_step && !inject, partial) {
+        (true, partial) => Completion::SingleStepTrap { partial },
+        (false, true) => Completion::Partial,
+        (false, false) => Completion::Complete,
+    })
 }
 
 fn has_memory_operand(instr: &iced_x86::Instruction) -> bool {
@@ -257,6 +342,8 @@ fn status<E>(
     result: Result<Completion, EmulationError<E>>,
 ) -> Result<EmulatorStatus, InvalidArgument> {
     match result {
+        // A single-step trap the monitor must deliver itself is not expressible in the
+        // platform's status word; monitors that single-step guests use `emulate_*`.
         Ok(_) => Ok(EmulatorStatus::EMULATION_SUCCESSFUL),
         Err(EmulationError::InvalidArgument(e)) => Err(e),
         Err(e) => Ok(e.status()),

@@ -122,6 +122,32 @@ impl Exception {
         }
     }
 
+    /// The single-step #DB trap (DR6.BS).
+    pub const fn single_step() -> Self {
+        Self {
+            vector: Vector::Debug,
+            error_code: None,
+            cr2: None,
+        }
+    }
+
+    /// The exception as the platform's pending-event register holds it
+    /// (`WHV_X64_PENDING_EXCEPTION_EVENT`): event pending (bit 0), type exception (bits 1–3 =
+    /// 0), deliver-error-code (bit 8), vector (bits 16–31), error code (bits 32–63), and the
+    /// exception parameter in bits 64–127: CR2 for #PF, the DR6 bits to set for #DB (BS).
+    pub const fn pending_event(&self) -> u128 {
+        let mut low = 1u64 | ((self.vector as u64) << 16);
+        if let Some(code) = self.error_code {
+            low |= (1 << 8) | ((code as u64) << 32);
+        }
+        let parameter = match (self.vector, self.cr2) {
+            (Vector::PageFault, Some(cr2)) => cr2,
+            (Vector::Debug, _) => 1 << 14,
+            _ => 0,
+        };
+        (low as u128) | ((parameter as u128) << 64)
+    }
+
     /// #PF at `address` with `error_code`.
     pub const fn pf(address: u64, error_code: u32) -> Self {
         Self {
@@ -189,6 +215,10 @@ pub enum EmulationError<E> {
     InterruptPending,
     /// The instruction raises an exception; the monitor injects it (vector, error code, CR2).
     Exception(Exception),
+    /// Exception injection is configured, but the guest's IDT does not reach the vector, so
+    /// delivering the exception would only escalate to a double fault or shutdown. Nothing
+    /// was committed; the monitor must end the guest another way.
+    GuestCannotBeFaulted(Exception),
 }
 
 impl<E> EmulationError<E> {
@@ -211,6 +241,7 @@ impl<E> EmulationError<E> {
                 EmulatorStatus::TRANSLATE_GVA_PAGE_CALLBACK_GPA_IS_NOT_ALIGNED
             }
             Self::InterruptPending => EmulatorStatus::INTERRUPT_CAUSED_INTERCEPT,
+            Self::GuestCannotBeFaulted(_) => EmulatorStatus::GUEST_CANNOT_BE_FAULTED,
             Self::InvalidArgument(_)
             | Self::TranslationIntercept { .. }
             | Self::BadRegisterValue(_)
@@ -222,9 +253,11 @@ impl<E> EmulationError<E> {
     }
 
     /// The exception the guest must take, if that is what stopped the emulation.
+    ///
+    /// Includes an exception that could not be delivered ([`Self::GuestCannotBeFaulted`]).
     pub fn exception(&self) -> Option<Exception> {
         match self {
-            Self::Exception(e) => Some(*e),
+            Self::Exception(e) | Self::GuestCannotBeFaulted(e) => Some(*e),
             _ => None,
         }
     }
@@ -278,7 +311,8 @@ impl<E: fmt::Debug> fmt::Display for EmulationError<E> {
                 write!(f, "{code:?} cannot have caused this exit")
             }
             Self::InterruptPending => write!(f, "the exit happened during event delivery"),
-            Self::Exception(e) => write!(f, "guest exception {e:?}"),
+            Self::Exception(e) => write!(f, "guest exception {e}"),
+            Self::GuestCannotBeFaulted(e) => write!(f, "guest cannot take {e}"),
         }
     }
 }

@@ -61,7 +61,7 @@ pub(crate) fn run<C: EmulatorCallbacks>(
         return Ok(Progress::Complete);
     }
     let mut count = cpu.gpr(gpr::RCX)? & address_mask(address_size);
-    let budget = cpu.config.max_rep_iterations.max(1);
+    let budget = cpu.rep_budget;
     let mut done = 0u32;
     while count != 0 {
         if done >= budget {

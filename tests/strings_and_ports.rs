@@ -467,11 +467,12 @@ fn malformed_contexts_are_invalid_arguments() {
         emu.try_mmio_emulation(&exit, &ud),
         Ok(EmulatorStatus::INTERNAL_EMULATION_FAILURE)
     );
+    // LOCK on a register MOV: #UD, reported as an exception.
     let bad = MemoryAccessContext::new(&[0xF0, 0x89, 0xD8], MemoryAccessType::Write, 0);
-    assert!(matches!(
+    assert_eq!(
         emu.emulate_mmio(&exit, &bad),
-        Err(EmulationError::Undecodable { .. })
-    ));
+        Err(EmulationError::Exception(Exception::ud()))
+    );
     let regs_only = MemoryAccessContext::new(&[0x89, 0xD8], MemoryAccessType::Write, 0);
     assert!(matches!(
         emu.emulate_mmio(&exit, &regs_only),

@@ -73,6 +73,15 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
                 return Ok(instr);
             }
             if decoder.last_error() != DecoderError::NoMoreBytes || len >= MAX_INSTRUCTION {
+                // LOCK where the instruction or its operand does not allow it is #UD (SDM Vol.
+                // 2A "LOCK"); iced-x86 calls such bytes invalid unless told not to check.
+                let relaxed = options | DecoderOptions::NO_INVALID_CHECK;
+                if let Ok(mut lax) = Decoder::try_with_ip(self.state.code_bits, bytes, 0, relaxed) {
+                    let lax = lax.decode();
+                    if !lax.is_invalid() && lax.has_lock_prefix() {
+                        return Err(Exception::ud().into());
+                    }
+                }
                 return Err(undecodable());
             }
             let fetched = self.fetch_code(len, buf.get_mut(len..).unwrap_or(&mut []))?;

@@ -928,6 +928,8 @@ pub fn run_hvemu(
             }
             Err(EmulationError::Exception(e)) => break HvOutcome::Exception(e),
             Err(e) => break HvOutcome::Error(format!("{e}")),
+            // The harness neither single-steps through hvemu nor configures injection.
+            Ok(other) => break HvOutcome::Error(format!("unexpected completion {other:?}")),
         }
     };
     HvRun {
