@@ -51,8 +51,24 @@ pub struct RegisterFile {
     pub cr: [u64; 5],
     /// EFER.
     pub efer: u64,
-    /// XMM0..XMM15.
+    /// XMM0..XMM15: bits 0–127 of vector registers 0–15.
     pub xmm: [u128; 16],
+    /// Bits 128–255 of vector registers 0–15 (the XSAVE AVX component).
+    pub ymm_hi128: [u128; 16],
+    /// Bits 256–511 of vector registers 0–15 (the XSAVE ZMM_Hi256 component), low lane first.
+    pub zmm_hi256: [[u128; 2]; 16],
+    /// Vector registers 16–31, all 512 bits (the XSAVE Hi16_ZMM component), low lane first.
+    pub hi16_zmm: [[u128; 4]; 16],
+    /// The AVX-512 opmask registers K0..K7.
+    pub opmask: [u64; 8],
+    /// FP_MMX0..7: the x87/MMX registers in the platform's (FXSAVE's) order, ST(0) first.
+    pub fp_mmx: [u128; 8],
+    /// FP_CONTROL_STATUS (FCW, FSW, abridged FTW, FOP, FIP).
+    pub fp_control_status: u128,
+    /// XMM_CONTROL_STATUS (FDP, MXCSR, MXCSR mask).
+    pub xmm_control_status: u128,
+    /// XCR0 ([`real_mode`](Self::real_mode) starts it at its reset value, 1: x87 only).
+    pub xcr0: u64,
     /// DR0..DR3, DR6, DR7.
     pub dr: [u64; 6],
     /// The pending-event registers (pending interruption, interrupt state, pending event).
@@ -76,6 +92,7 @@ impl RegisterFile {
     pub fn real_mode() -> Self {
         let mut f = Self {
             rflags: 2,
+            xcr0: 1,
             ..Self::default()
         };
         f.segments = [SegmentRegister::real_mode(0); 6];
@@ -120,6 +137,53 @@ impl RegisterFile {
         if let Some(r) = self.gpr.get_mut(n) {
             *r = value;
         }
+    }
+
+    /// All 512 bits of vector register `n` (0..=31) as little-endian bytes; out-of-range
+    /// reads 0.
+    pub fn vector(&self, n: usize) -> [u8; 64] {
+        let lanes = match n {
+            0..16 => [
+                self.xmm[n],
+                self.ymm_hi128[n],
+                self.zmm_hi256[n][0],
+                self.zmm_hi256[n][1],
+            ],
+            16..32 => self.hi16_zmm[n - 16],
+            _ => [0; 4],
+        };
+        let mut bytes = [0u8; 64];
+        for (chunk, lane) in bytes.chunks_exact_mut(16).zip(lanes) {
+            chunk.copy_from_slice(&lane.to_le_bytes());
+        }
+        bytes
+    }
+
+    /// Sets all 512 bits of vector register `n` (0..=31); out-of-range is ignored.
+    pub fn set_vector(&mut self, n: usize, bytes: &[u8; 64]) {
+        let mut lanes = [0u128; 4];
+        for (lane, chunk) in lanes.iter_mut().zip(bytes.chunks_exact(16)) {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(chunk);
+            *lane = u128::from_le_bytes(b);
+        }
+        match n {
+            0..16 => {
+                self.xmm[n] = lanes[0];
+                self.ymm_hi128[n] = lanes[1];
+                self.zmm_hi256[n] = [lanes[2], lanes[3]];
+            }
+            16..32 => self.hi16_zmm[n - 16] = lanes,
+            _ => {}
+        }
+    }
+
+    /// Writes the low `bytes.len()` bytes (at most 64) of vector register `n`, keeping the rest.
+    fn set_vector_low(&mut self, n: usize, bytes: &[u8]) {
+        let mut v = self.vector(n);
+        let len = bytes.len().min(64);
+        v[..len].copy_from_slice(&bytes[..len]);
+        self.set_vector(n, &v);
     }
 
     /// RIP.
@@ -200,8 +264,9 @@ impl RegisterFile {
 
     /// One register's value.
     pub fn read(&self, name: RegisterName) -> Result<RegisterValue, RegisterFileError> {
-        use RegisterValue::{Segment as Seg, Table, U64, U128};
+        use RegisterValue::{Segment as Seg, Table, U64, U128, U256, U512};
         let n = name.0;
+        let vector = |base: RegisterName| (n - base.0) as usize;
         Ok(match name {
             _ if n < 16 => U64(self.gpr[n as usize]),
             RegisterName::RIP => U64(self.rip),
@@ -222,6 +287,26 @@ impl RegisterFile {
             _ if (RegisterName::XMM0.0..RegisterName::XMM0.0 + 16).contains(&n) => {
                 U128(self.xmm[(n - RegisterName::XMM0.0) as usize])
             }
+            _ if (RegisterName::XMM16.0..RegisterName::XMM16.0 + 16).contains(&n) => {
+                U128(self.hi16_zmm[vector(RegisterName::XMM16)][0])
+            }
+            _ if (RegisterName::YMM0.0..RegisterName::YMM0.0 + 32).contains(&n) => {
+                let mut b = [0u8; 32];
+                b.copy_from_slice(&self.vector(vector(RegisterName::YMM0))[..32]);
+                U256(b)
+            }
+            _ if (RegisterName::ZMM0.0..RegisterName::ZMM0.0 + 32).contains(&n) => {
+                U512(self.vector(vector(RegisterName::ZMM0)))
+            }
+            _ if (RegisterName::K0.0..RegisterName::K0.0 + 8).contains(&n) => {
+                U64(self.opmask[vector(RegisterName::K0)])
+            }
+            _ if (RegisterName::FP_MMX0.0..RegisterName::FP_MMX0.0 + 8).contains(&n) => {
+                U128(self.fp_mmx[vector(RegisterName::FP_MMX0)])
+            }
+            RegisterName::FP_CONTROL_STATUS => U128(self.fp_control_status),
+            RegisterName::XMM_CONTROL_STATUS => U128(self.xmm_control_status),
+            RegisterName::XCR0 => U64(self.xcr0),
             RegisterName::EFER => U64(self.efer),
             _ if (RegisterName::PENDING_INTERRUPTION.0..=RegisterName::PENDING_EVENT.0)
                 .contains(&n) =>
@@ -239,35 +324,50 @@ impl RegisterFile {
         value: RegisterValue,
     ) -> Result<(), RegisterFileError> {
         let wrong = RegisterFileError::WrongValueKind(name);
+        if core::mem::discriminant(&self.read(name)?) != core::mem::discriminant(&value) {
+            return Err(wrong);
+        }
         let n = name.0;
-        match (self.read(name)?, value) {
-            (RegisterValue::U64(_), RegisterValue::U64(v)) => match name {
+        let index = |base: RegisterName| (n - base.0) as usize;
+        let in_block = |base: RegisterName, count: u32| (base.0..base.0 + count).contains(&n);
+        match value {
+            RegisterValue::U64(v) => match name {
                 _ if n < 16 => self.gpr[n as usize] = v,
                 RegisterName::RIP => self.rip = v,
                 RegisterName::RFLAGS => self.rflags = v,
                 RegisterName::EFER => self.efer = v,
+                RegisterName::XCR0 => self.xcr0 = v,
+                _ if in_block(RegisterName::K0, 8) => self.opmask[index(RegisterName::K0)] = v,
                 _ if (RegisterName::CR0.0..=RegisterName::CR8.0).contains(&n) => {
                     self.cr[(n - RegisterName::CR0.0) as usize] = v
                 }
                 _ => self.dr[(n - RegisterName::DR0.0) as usize] = v,
             },
-            (RegisterValue::U128(_), RegisterValue::U128(v)) => {
-                if n >= RegisterName::PENDING_INTERRUPTION.0 {
+            RegisterValue::U128(v) => match name {
+                RegisterName::FP_CONTROL_STATUS => self.fp_control_status = v,
+                RegisterName::XMM_CONTROL_STATUS => self.xmm_control_status = v,
+                _ if n >= RegisterName::PENDING_INTERRUPTION.0 => {
                     self.pending[(n - RegisterName::PENDING_INTERRUPTION.0) as usize] = v;
-                } else {
-                    self.xmm[(n - RegisterName::XMM0.0) as usize] = v;
                 }
-            }
-            (RegisterValue::Segment(_), RegisterValue::Segment(s)) => match name {
+                _ if in_block(RegisterName::FP_MMX0, 8) => {
+                    self.fp_mmx[index(RegisterName::FP_MMX0)] = v
+                }
+                _ if in_block(RegisterName::XMM16, 16) => {
+                    self.hi16_zmm[index(RegisterName::XMM16)][0] = v
+                }
+                _ => self.xmm[(n - RegisterName::XMM0.0) as usize] = v,
+            },
+            RegisterValue::U256(b) => self.set_vector_low(index(RegisterName::YMM0), &b),
+            RegisterValue::U512(b) => self.set_vector(index(RegisterName::ZMM0), &b),
+            RegisterValue::Segment(s) => match name {
                 RegisterName::LDTR => self.ldtr = s,
                 RegisterName::TR => self.tr = s,
                 _ => self.segments[(n - RegisterName::ES.0) as usize] = s,
             },
-            (RegisterValue::Table(_), RegisterValue::Table(t)) => match name {
+            RegisterValue::Table(t) => match name {
                 RegisterName::IDTR => self.idtr = t,
                 _ => self.gdtr = t,
             },
-            _ => return Err(wrong),
         }
         Ok(())
     }

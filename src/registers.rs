@@ -3,6 +3,30 @@
 //! [`RegisterName`] keeps the `WHV_REGISTER_NAME` values, so a monitor on the Windows Hypervisor
 //! Platform can pass names straight through. Names hvemu adds beyond the platform's set are
 //! marked as such.
+//!
+//! # hvemu's extension names (0x0001_0000..=0x0001_FFFF)
+//!
+//! The platform names XMM0–XMM15 (0x1000..), the x87/MMX registers FP_MMX0–7 (0x1010..) and the
+//! control words, but not the wider vector state. hvemu names it in a range neither the x64 nor
+//! the arm64 platform numbering uses (the arm64 names start at 0x0002_0000):
+//!
+//! | names | numbers | value | what |
+//! |---|---|---|---|
+//! | [`XMM16`](RegisterName::XMM16)..XMM31 | 0x0001_0000 + n | [`RegisterValue::U128`] | bits 0–127 of vector register n (16–31) |
+//! | [`YMM0`](RegisterName::YMM0)..YMM31 | 0x0001_0100 + n | [`RegisterValue::U256`] | bits 0–255 of vector register n |
+//! | [`ZMM0`](RegisterName::ZMM0)..ZMM31 | 0x0001_0200 + n | [`RegisterValue::U512`] | bits 0–511 of vector register n |
+//! | [`K0`](RegisterName::K0)..K7 | 0x0001_0300 + n | [`RegisterValue::U64`] | AVX-512 opmask register n |
+//!
+//! Each vector name is a *view* of the low bits of one register: XMMn ⊂ YMMn ⊂ ZMMn. Reading a
+//! view returns those bits; writing one replaces those bits and leaves the bits above it
+//! unchanged. So a legacy SSE load (which keeps bits 128 and up) writes the platform's XMMn; a
+//! VEX load (which zeroes every bit above its destination) writes the widest view the guest's
+//! XCR0 enables, YMMn (AVX) or ZMMn (AVX-512), with the zeroes included; an EVEX load writes
+//! ZMMn. hvemu writes at most one view of a register per instruction. A monitor that keeps the
+//! guest's XSAVE image serves these names from its components: AVX (YMM_Hi128), ZMM_Hi256,
+//! Hi16_ZMM and opmask. One that does not support AVX or AVX-512 guests never sees them asked
+//! for: only VEX and EVEX instructions use them, and the processor runs those only when XCR0
+//! enables the state.
 
 use bitflags::bitflags;
 
@@ -32,6 +56,14 @@ impl core::fmt::Debug for RegisterName {
         match LOW.get(self.0 as usize) {
             Some(name) => f.write_str(name),
             None if (0x1000..0x1010).contains(&self.0) => write!(f, "XMM{}", self.0 - 0x1000),
+            None if (0x1010..0x1018).contains(&self.0) => write!(f, "FP_MMX{}", self.0 - 0x1010),
+            None if *self == Self::XCR0 => f.write_str("XCR0"),
+            None if *self == Self::FP_CONTROL_STATUS => f.write_str("FP_CONTROL_STATUS"),
+            None if *self == Self::XMM_CONTROL_STATUS => f.write_str("XMM_CONTROL_STATUS"),
+            None if (0x1_0010..0x1_0020).contains(&self.0) => write!(f, "XMM{}", self.0 - 0x1_0000),
+            None if (0x1_0100..0x1_0120).contains(&self.0) => write!(f, "YMM{}", self.0 - 0x1_0100),
+            None if (0x1_0200..0x1_0220).contains(&self.0) => write!(f, "ZMM{}", self.0 - 0x1_0200),
+            None if (0x1_0300..0x1_0308).contains(&self.0) => write!(f, "K{}", self.0 - 0x1_0300),
             None if *self == Self::EFER => f.write_str("EFER"),
             None => write!(f, "RegisterName({:#x})", self.0),
         }
@@ -79,10 +111,30 @@ impl RegisterName {
     pub const DR3: Self = Self(0x24);
     pub const DR6: Self = Self(0x25);
     pub const DR7: Self = Self(0x26);
+    /// XCR0, the enabled XSAVE state components (x87, SSE, AVX, opmask, ZMM_Hi256, Hi16_ZMM …).
+    pub const XCR0: Self = Self(0x27);
     pub const XMM0: Self = Self(0x1000);
+    /// x87/MMX register 0 ([`RegisterValue::U128`]): the platform's and FXSAVE's order, ST(0)
+    /// first (relative to the x87 TOP), an 80-bit value in the low bits; an MMX register is the
+    /// low 64 bits of its x87 register. FP_MMX1..7 follow.
     pub const FP_MMX0: Self = Self(0x1010);
+    /// The x87 control and status words ([`RegisterValue::U128`], the platform's layout): FCW in
+    /// bits 0–15, FSW in 16–31 (TOP in bits 27–29), the abridged FXSAVE tag byte in 32–39 (one
+    /// bit per physical register, 1 = valid), FOP in 48–63, the last instruction pointer in
+    /// 64–127.
     pub const FP_CONTROL_STATUS: Self = Self(0x1018);
     pub const XMM_CONTROL_STATUS: Self = Self(0x1019);
+    /// hvemu extension: XMM16 (bits 0–127 of vector register 16; AVX-512 only). XMM17..31
+    /// follow. See the [module docs](self) for the extension range.
+    pub const XMM16: Self = Self(0x1_0010);
+    /// hvemu extension: YMM0, bits 0–255 of vector register 0 ([`RegisterValue::U256`]).
+    /// YMM1..31 follow.
+    pub const YMM0: Self = Self(0x1_0100);
+    /// hvemu extension: ZMM0, bits 0–511 of vector register 0 ([`RegisterValue::U512`]).
+    /// ZMM1..31 follow.
+    pub const ZMM0: Self = Self(0x1_0200);
+    /// hvemu extension: the AVX-512 opmask register K0 ([`RegisterValue::U64`]). K1..7 follow.
+    pub const K0: Self = Self(0x1_0300);
     pub const TSC: Self = Self(0x2000);
     pub const EFER: Self = Self(0x2001);
     pub const KERNEL_GS_BASE: Self = Self(0x2002);
@@ -105,10 +157,55 @@ impl RegisterName {
         if n < 16 { Some(Self(n as u32)) } else { None }
     }
 
-    /// XMM register `n` (0..=15, the platform's set).
+    /// XMM register `n`: 0..=15 are the platform's names, 16..=31 hvemu's extension.
+    ///
+    /// ```
+    /// use hvemu::RegisterName;
+    /// assert_eq!(RegisterName::xmm(15), Some(RegisterName(0x100F)));
+    /// assert_eq!(RegisterName::xmm(16), Some(RegisterName::XMM16));
+    /// assert_eq!(RegisterName::xmm(32), None);
+    /// ```
     pub const fn xmm(n: u8) -> Option<Self> {
         if n < 16 {
             Some(Self(Self::XMM0.0 + n as u32))
+        } else if n < 32 {
+            Some(Self(Self::XMM16.0 + (n - 16) as u32))
+        } else {
+            None
+        }
+    }
+
+    /// YMM register `n` (0..=31; hvemu extension).
+    pub const fn ymm(n: u8) -> Option<Self> {
+        if n < 32 {
+            Some(Self(Self::YMM0.0 + n as u32))
+        } else {
+            None
+        }
+    }
+
+    /// ZMM register `n` (0..=31; hvemu extension).
+    pub const fn zmm(n: u8) -> Option<Self> {
+        if n < 32 {
+            Some(Self(Self::ZMM0.0 + n as u32))
+        } else {
+            None
+        }
+    }
+
+    /// Opmask register `n` (0..=7; hvemu extension).
+    pub const fn opmask(n: u8) -> Option<Self> {
+        if n < 8 {
+            Some(Self(Self::K0.0 + n as u32))
+        } else {
+            None
+        }
+    }
+
+    /// x87/MMX register `n` (0..=7), the platform's FP_MMX0..7.
+    pub const fn fp_mmx(n: u8) -> Option<Self> {
+        if n < 8 {
+            Some(Self(Self::FP_MMX0.0 + n as u32))
         } else {
             None
         }
@@ -155,8 +252,14 @@ impl Segment {
 pub enum RegisterValue {
     /// A 64-bit register (GPRs, RIP, RFLAGS, control registers, MSRs).
     U64(u64),
-    /// A 128-bit register (XMM, the FP/XMM control-status blocks).
+    /// A 128-bit register (XMM, the x87/MMX registers, the FP/XMM control-status blocks).
     U128(u128),
+    /// A 256-bit register (YMM, an hvemu extension), as little-endian bytes: byte `i` holds
+    /// bits `8i..8i+8`.
+    U256([u8; 32]),
+    /// A 512-bit register (ZMM, an hvemu extension), as little-endian bytes: byte `i` holds
+    /// bits `8i..8i+8`.
+    U512([u8; 64]),
     /// A segment register with its hidden descriptor cache.
     Segment(SegmentRegister),
     /// A descriptor-table register (GDTR, IDTR).
@@ -184,6 +287,22 @@ impl RegisterValue {
     pub const fn as_u128(&self) -> Option<u128> {
         match self {
             Self::U128(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// The value as a 256-bit register's bytes, if it is one.
+    pub const fn as_u256(&self) -> Option<[u8; 32]> {
+        match self {
+            Self::U256(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// The value as a 512-bit register's bytes, if it is one.
+    pub const fn as_u512(&self) -> Option<[u8; 64]> {
+        match self {
+            Self::U512(v) => Some(*v),
             _ => None,
         }
     }

@@ -12,6 +12,7 @@ use crate::registers::{RegisterName, RegisterValue, Segment, SegmentAttributes, 
 pub(crate) type Res<T, C> = Result<T, EmulationError<<C as EmulatorCallbacks>::Error>>;
 
 pub(crate) const RFLAGS_ZF: u64 = 1 << 6;
+pub(crate) const RFLAGS_TF: u64 = 1 << 8;
 pub(crate) const RFLAGS_DF: u64 = 1 << 10;
 pub(crate) const RFLAGS_AC: u64 = 1 << 18;
 pub(crate) const RFLAGS_VM: u64 = 1 << 17;
@@ -42,9 +43,31 @@ pub(crate) enum Mode {
     Long,
 }
 
-/// A set of registers the snapshot can hold, as a bit mask over [`Slot`]s.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub(crate) struct RegSet(u32);
+/// A set of registers the snapshot can hold: a bit mask over [`Slot`]s, plus up to
+/// [`WIDE_REQUEST`] registers held by name (vector, opmask, x87/MMX registers, XCR0: see
+/// [`Cpu::wide`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RegSet {
+    slots: u32,
+    wide: [RegisterName; WIDE_REQUEST],
+    wide_len: u8,
+}
+
+/// How many registers held by name one [`RegSet`] can ask for.
+pub(crate) const WIDE_REQUEST: usize = 8;
+
+/// How many registers held by name one emulation can hold (read or written). The vector family
+/// needs at most ten: the MMX path reads FP_CONTROL_STATUS and, when the x87 TOP is not 0, all
+/// eight FP_MMX registers.
+const WIDE_HELD: usize = 12;
+
+/// A register held by name, with its value and whether the instruction wrote it.
+#[derive(Clone, Copy, Debug)]
+struct Wide {
+    name: RegisterName,
+    value: RegisterValue,
+    dirty: bool,
+}
 
 /// Where a register lives in the snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,18 +124,44 @@ impl Slot {
 }
 
 impl RegSet {
-    pub(crate) const EMPTY: RegSet = RegSet(0);
+    pub(crate) const EMPTY: RegSet = RegSet {
+        slots: 0,
+        wide: [RegisterName(u32::MAX); WIDE_REQUEST],
+        wide_len: 0,
+    };
 
-    pub(crate) const fn with(self, slot: Slot) -> RegSet {
-        RegSet(self.0 | 1 << slot.index())
+    pub(crate) const fn with(mut self, slot: Slot) -> RegSet {
+        self.slots |= 1 << slot.index();
+        self
     }
 
-    pub(crate) const fn without(self, slot: Slot) -> RegSet {
-        RegSet(self.0 & !(1 << slot.index()))
+    pub(crate) const fn without(mut self, slot: Slot) -> RegSet {
+        self.slots &= !(1 << slot.index());
+        self
     }
 
     const fn contains(self, slot: Slot) -> bool {
-        self.0 & (1 << slot.index()) != 0
+        self.slots & (1 << slot.index()) != 0
+    }
+
+    /// Adds a register held by name. Beyond [`WIDE_REQUEST`] names the set is unchanged, and
+    /// [`Cpu::wide`] reads the name by itself when asked for it.
+    pub(crate) fn with_wide(mut self, name: RegisterName) -> RegSet {
+        let len = usize::from(self.wide_len);
+        let held = self.wide.get(..len).unwrap_or(&[]);
+        if held.contains(&name) {
+            return self;
+        }
+        if let Some(entry) = self.wide.get_mut(len) {
+            *entry = name;
+            self.wide_len += 1;
+        }
+        self
+    }
+
+    /// The registers held by name in the set.
+    fn wide_names(&self) -> &[RegisterName] {
+        self.wide.get(..usize::from(self.wide_len)).unwrap_or(&[])
     }
 
     /// Adds the full GPR behind an iced register (AL, AX, EAX and RAX all mean RAX); other
@@ -177,6 +226,8 @@ pub(crate) struct State {
     efer: u64,
     loaded: RegSet,
     dirty: RegSet,
+    /// Registers held by name (vector, opmask, x87/MMX, XCR0), read or written.
+    wide: heapless::Vec<Wide, WIDE_HELD>,
 }
 
 impl State {
@@ -218,6 +269,7 @@ impl State {
             efer: 0,
             loaded: RegSet::EMPTY.with(Slot::Seg(Segment::Cs)),
             dirty: RegSet::EMPTY,
+            wide: heapless::Vec::new(),
         }
     }
 
@@ -249,6 +301,33 @@ impl State {
         }
     }
 
+    fn wide_index(&self, name: RegisterName) -> Option<usize> {
+        self.wide.iter().position(|w| w.name == name)
+    }
+
+    /// Holds `name`'s value (replacing what is held), marking it written if `dirty`.
+    fn hold_wide<E>(
+        &mut self,
+        name: RegisterName,
+        value: RegisterValue,
+        dirty: bool,
+    ) -> Result<(), EmulationError<E>> {
+        match self.wide_index(name).and_then(|i| self.wide.get_mut(i)) {
+            Some(w) => {
+                w.value = value;
+                w.dirty |= dirty;
+                Ok(())
+            }
+            // No family holds more than WIDE_HELD names; should one try, it is a form hvemu
+            // does not emulate rather than a panic.
+            None => self.wide.push(Wide { name, value, dirty }).map_err(|_| {
+                EmulationError::Unsupported {
+                    code: iced_x86::Code::INVALID,
+                }
+            }),
+        }
+    }
+
     fn store(&mut self, slot: Slot, value: RegisterValue) -> Result<(), RegisterName> {
         let bad = slot.name();
         match slot {
@@ -276,6 +355,9 @@ pub(crate) struct Cpu<'a, C: EmulatorCallbacks> {
     pub hint: Option<crate::access::GpaHint>,
     /// The port of a port exit (the value DX held), so a DX form needs no register read.
     pub port_hint: Option<u16>,
+    /// The most REP iterations this call runs: the configured bound, or 1 under single-step
+    /// (the trap follows every iteration).
+    pub rep_budget: u32,
 }
 
 impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
@@ -287,16 +369,19 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
             tlb: crate::access::Tlb::default(),
             hint: None,
             port_hint: None,
+            rep_budget: if vp.rflags & RFLAGS_TF != 0 {
+                1
+            } else {
+                config.max_rep_iterations.max(1)
+            },
         }
     }
 
     /// Reads every register in `set` not yet held, in one `get_registers` call.
     pub(crate) fn fetch(&mut self, set: RegSet) -> Res<(), C> {
-        let missing = set.0 & !self.state.loaded.0;
-        if missing == 0 {
-            return Ok(());
-        }
-        let mut names: heapless::Vec<RegisterName, SLOT_COUNT> = heapless::Vec::new();
+        const BATCH: usize = SLOT_COUNT + WIDE_REQUEST;
+        let missing = set.slots & !self.state.loaded.slots;
+        let mut names: heapless::Vec<RegisterName, BATCH> = heapless::Vec::new();
         let mut slots: heapless::Vec<Slot, SLOT_COUNT> = heapless::Vec::new();
         for slot in (0..SLOT_COUNT as u32)
             .filter(|i| missing & (1 << i) != 0)
@@ -306,18 +391,59 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
             let _ = names.push(slot.name());
             let _ = slots.push(slot);
         }
-        let mut values = [RegisterValue::default(); SLOT_COUNT];
-        let values = values.get_mut(..names.len()).unwrap_or_default();
+        for name in set.wide_names() {
+            if self.state.wide_index(*name).is_none() {
+                // At most WIDE_REQUEST names: the push cannot fail.
+                let _ = names.push(*name);
+            }
+        }
+        if names.is_empty() {
+            return Ok(());
+        }
+        let mut values: heapless::Vec<RegisterValue, BATCH> = heapless::Vec::new();
+        // `names` holds at most BATCH entries: the resize cannot fail.
+        let _ = values.resize_default(names.len());
         self.cb
-            .get_registers(&names, values)
+            .get_registers(&names, &mut values)
             .map_err(EmulationError::GetRegisters)?;
         for (slot, value) in slots.iter().zip(values.iter()) {
             self.state
                 .store(*slot, *value)
                 .map_err(EmulationError::BadRegisterValue)?;
         }
-        self.state.loaded.0 |= missing;
+        for (name, value) in names.iter().zip(values.iter()).skip(slots.len()) {
+            self.state.hold_wide(*name, *value, false)?;
+        }
+        self.state.loaded.slots |= missing;
         Ok(())
+    }
+
+    /// A register held by name (a vector view, an opmask, an x87/MMX register, XCR0 …), as
+    /// the instruction has left it so far. Asked for in the batch through
+    /// [`RegSet::with_wide`]; otherwise read by itself here.
+    pub(crate) fn wide(&mut self, name: RegisterName) -> Res<RegisterValue, C> {
+        if self.state.wide_index(name).is_none() {
+            self.fetch(RegSet::EMPTY.with_wide(name))?;
+        }
+        self.state
+            .wide_index(name)
+            .and_then(|i| self.state.wide.get(i))
+            .map(|w| w.value)
+            .ok_or(EmulationError::BadRegisterValue(name))
+    }
+
+    /// Reads the registers held by name in `names` that are not held yet, in one
+    /// `get_registers` call (at most [`WIDE_REQUEST`] of them).
+    pub(crate) fn fetch_wide(&mut self, names: &[RegisterName]) -> Res<(), C> {
+        let set = names
+            .iter()
+            .fold(RegSet::EMPTY, |set, name| set.with_wide(*name));
+        self.fetch(set)
+    }
+
+    /// Writes a register held by name; the commit passes it to `set_registers`.
+    pub(crate) fn set_wide(&mut self, name: RegisterName, value: RegisterValue) -> Res<(), C> {
+        self.state.hold_wide(name, value, true)
     }
 
     fn ensure(&mut self, slot: Slot) -> Res<(), C> {
@@ -412,14 +538,23 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
         self.state.branch = Some(target);
     }
 
+    /// RFLAGS as the exit reported it.
+    pub(crate) fn exit_rflags(&self) -> u64 {
+        self.state.rflags_at_exit
+    }
+
     /// Commits the changed registers (and RIP, and RFLAGS if it changed) in one
     /// `set_registers` call. RF is cleared: the instruction completed (or made progress).
     /// A control transfer's target (see [`Cpu::branch_to`]) replaces `new_rip`.
-    pub(crate) fn commit(&mut self, new_rip: u64) -> Res<(), C> {
+    ///
+    /// `event`, when given, is written to the pending-event register in the same call (a
+    /// single-step trap queued by exception injection).
+    pub(crate) fn commit(&mut self, new_rip: u64, event: Option<u128>) -> Res<(), C> {
         let new_rip = self.state.branch.unwrap_or(new_rip);
-        // 16 GPRs, RIP and RFLAGS: pushes cannot fail.
-        let mut names: heapless::Vec<RegisterName, 18> = heapless::Vec::new();
-        let mut values: heapless::Vec<RegisterValue, 18> = heapless::Vec::new();
+        // 16 GPRs, RIP, RFLAGS and the registers held by name: pushes cannot fail.
+        const MOST: usize = 19 + WIDE_HELD;
+        let mut names: heapless::Vec<RegisterName, MOST> = heapless::Vec::new();
+        let mut values: heapless::Vec<RegisterValue, MOST> = heapless::Vec::new();
         for (n, value) in (0u8..).zip(self.state.gpr) {
             if self.state.dirty.contains(Slot::Gpr(n)) {
                 let _ = names.push(RegisterName(u32::from(n)));
@@ -432,6 +567,14 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
         if rflags != self.state.rflags_at_exit {
             let _ = names.push(RegisterName::RFLAGS);
             let _ = values.push(RegisterValue::U64(rflags));
+        }
+        for w in self.state.wide.iter().filter(|w| w.dirty) {
+            let _ = names.push(w.name);
+            let _ = values.push(w.value);
+        }
+        if let Some(event) = event {
+            let _ = names.push(RegisterName::PENDING_EVENT);
+            let _ = values.push(RegisterValue::U128(event));
         }
         self.cb
             .set_registers(&names, &values)

@@ -9,6 +9,7 @@
 //! | ALU | [`alu`] | ADD, OR, ADC, SBB, AND, SUB, XOR, CMP, TEST, INC, DEC, NEG, NOT on memory; flags in [`flags`] |
 //! | exchange | [`xchg`] | XCHG, XADD, CMPXCHG, CMPXCHG8B, CMPXCHG16B on memory; the locked read-modify-write (monitor compare-exchange) |
 //! | stack | [`stack`] | PUSH, POP, PUSHF, near CALL, JMP m, RET, LEAVE: the operand or the stack in emulated memory |
+//! | vector moves | [`vector`] | MMX, SSE, AVX/AVX2 (VEX) and AVX-512 (EVEX) moves between a register and memory: MOVUPS/UPD, MOVAPS/APD, MOVDQU/DQA (VMOVDQU8/16/32/64, VMOVDQA32/64), LDDQU, MOVNTPS/PD/DQ/DQA, MOVNTQ, MOVNTSS/SD, MOVD, MOVQ, MOVSS, MOVSD, MOVLPS/HPS/LPD/HPD, VMOVSH, VMOVW; opmask merging and zeroing |
 
 mod alu;
 mod flags;
@@ -16,6 +17,7 @@ mod io;
 mod mov;
 mod stack;
 mod string;
+mod vector;
 mod xchg;
 
 use iced_x86::{Instruction, OpKind};
@@ -42,6 +44,8 @@ pub(crate) enum Family {
     Exchange(xchg::ExchangeKind),
     /// PUSH, POP, PUSHF, near CALL, JMP m, RET, LEAVE.
     Stack(stack::StackOp),
+    /// MMX, SSE, AVX and AVX-512 moves between a register and memory.
+    Vector(vector::VecMove),
 }
 
 impl Family {
@@ -49,6 +53,8 @@ impl Family {
     pub(crate) fn of(instr: &Instruction) -> Option<Family> {
         mov::classify(instr)
             .map(|()| Family::Move)
+            // Dispatched on `Code`, before the strings: the SSE2 MOVSD shares the mnemonic.
+            .or_else(|| vector::classify(instr).map(Family::Vector))
             .or_else(|| string::classify(instr).map(Family::String))
             .or_else(|| io::classify(instr).map(Family::Port))
             .or_else(|| alu::classify(instr).map(Family::Alu))
@@ -66,6 +72,8 @@ impl Family {
             Family::Exchange(_) => true,
             // The operand or the stack: every form classified touches one.
             Family::Stack(_) => true,
+            // Its codes cover register-to-register encodings too.
+            Family::Vector(_) => (0..instr.op_count()).any(|i| instr.op_kind(i) == OpKind::Memory),
         }
     }
 
@@ -98,6 +106,7 @@ pub(crate) fn registers_needed<C: EmulatorCallbacks>(
         Family::Alu(_) => {}
         Family::Exchange(kind) => set = kind.registers(set),
         Family::Stack(op) => set = op.registers(set),
+        Family::Vector(op) => set = vector::registers(set, instr, op),
     }
     if cpu.state.mode == Mode::Long {
         // Only FS and GS have bases in 64-bit mode; the others need not be read.
@@ -121,6 +130,7 @@ pub(crate) fn run<C: EmulatorCallbacks>(
         Family::Alu(kind) => alu::run(cpu, instr, kind),
         Family::Exchange(kind) => xchg::run(cpu, instr, kind),
         Family::Stack(op) => stack::run(cpu, instr, op).map(|()| Progress::Complete),
+        Family::Vector(op) => vector::run(cpu, instr, op).map(|()| Progress::Complete),
     }
 }
 
