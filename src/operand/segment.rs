@@ -89,13 +89,15 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
         Ok(linear)
     }
 
-    /// #AC(0) for a misaligned data access at CPL 3 with CR0.AM and RFLAGS.AC set.
+    /// #AC(0) for a misaligned 2-, 4- or 8-byte data access at CPL 3 with CR0.AM and
+    /// RFLAGS.AC set (SDM Vol. 3A §6.15, interrupt 17): 16-byte operands have their own
+    /// alignment rules (#GP) where they have any.
     fn check_alignment(&self, linear: u64, len: usize, intent: Intent) -> Res<(), C> {
         let armed = self.state.exec.cr0_am
             && self.state.rflags & RFLAGS_AC != 0
             && self.state.cpl == 3
             && self.state.mode != Mode::Real;
-        if !armed || intent == Intent::Execute || !matches!(len, 2 | 4 | 8 | 16) {
+        if !armed || intent == Intent::Execute || !matches!(len, 2 | 4 | 8) {
             return Ok(());
         }
         let misaligned = linear & (u64::try_from(len).unwrap_or(1) - 1) != 0;
