@@ -21,6 +21,17 @@
 //! no wider integer type is needed: for an addition the carry out of bit *i* is
 //! `(a & b) | ((a | b) & !r)`, for a subtraction the borrow out of bit *i* is
 //! `(!a & b) | ((!a | b) & r)`, both with the carry (borrow) in already folded into `r`.
+//!
+//! For the families whose flags depend on more than the result (shifts and rotates, multiply
+//! and divide, bit tests and scans), this module gives the shared pieces — [`result_flags`]
+//! (ZF, SF and PF of a result), [`Update`] (a result with the flags it changes, merged into
+//! RFLAGS in one place) — and each family's module documents which flags it defines and what
+//! it produces for the flags the manuals leave undefined, per [`crate::Vendor`].
+//!
+//! [`condition`] evaluates the sixteen condition codes (`cc` of Jcc, SETcc and CMOVcc) from
+//! RFLAGS (SDM Vol. 1 Appendix B "EFLAGS Condition Codes").
+
+use iced_x86::ConditionCode;
 
 use crate::state::width_mask;
 
@@ -114,6 +125,80 @@ pub(crate) const fn logic(value: u64, size: usize) -> Outcome {
     }
 }
 
+/// ZF, SF and PF of a `size`-byte result (masked to the size here): the flags every
+/// result-describing instruction sets the same way.
+pub(crate) const fn result_flags(value: u64, size: usize) -> u64 {
+    zsp(value & width_mask(size), size)
+}
+
+/// The top bit of a `size`-byte operand, as a mask.
+pub(crate) const fn top_bit(size: usize) -> u64 {
+    sign_bit(size)
+}
+
+/// `flag` when `condition` holds, else 0.
+pub(crate) const fn flag_if(condition: bool, flag: u64) -> u64 {
+    bit(condition, flag)
+}
+
+/// A result and the status flags an instruction changes: `flags` holds their new values,
+/// `changed` says which of the six they are (flags outside it keep their old values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Update {
+    /// The result, masked to the operand size.
+    pub value: u64,
+    /// New values of the flags in `changed` (other bits are ignored).
+    pub flags: u64,
+    /// Which status flags change.
+    pub changed: u64,
+}
+
+impl Update {
+    /// The value unchanged and no flag changed (a count of zero, for instance).
+    pub(crate) const fn nothing(value: u64) -> Update {
+        Update {
+            value,
+            flags: 0,
+            changed: 0,
+        }
+    }
+
+    /// RFLAGS after the update: the changed status flags replaced, every other bit kept.
+    pub(crate) const fn rflags(&self, rflags: u64) -> u64 {
+        let changed = self.changed & ARITHMETIC;
+        (rflags & !changed) | (self.flags & changed)
+    }
+}
+
+/// Whether condition `cc` holds for `rflags` (SDM Vol. 1 Appendix B, Table B-1); `None` for
+/// [`ConditionCode::None`]. The one evaluator for Jcc, SETcc and CMOVcc.
+pub(crate) const fn condition(cc: ConditionCode, rflags: u64) -> Option<bool> {
+    let cf = rflags & CF != 0;
+    let pf = rflags & PF != 0;
+    let zf = rflags & ZF != 0;
+    let sf = rflags & SF != 0;
+    let of = rflags & OF != 0;
+    Some(match cc {
+        ConditionCode::None => return None,
+        ConditionCode::o => of,
+        ConditionCode::no => !of,
+        ConditionCode::b => cf,
+        ConditionCode::ae => !cf,
+        ConditionCode::e => zf,
+        ConditionCode::ne => !zf,
+        ConditionCode::be => cf || zf,
+        ConditionCode::a => !cf && !zf,
+        ConditionCode::s => sf,
+        ConditionCode::ns => !sf,
+        ConditionCode::p => pf,
+        ConditionCode::np => !pf,
+        ConditionCode::l => sf != of,
+        ConditionCode::ge => sf == of,
+        ConditionCode::le => zf || sf != of,
+        ConditionCode::g => !zf && sf == of,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +280,54 @@ mod tests {
         assert_eq!(sub(0x8000, 1, false, 2).flags, OF | AF | PF);
         assert_eq!(logic(0x100, 1).flags, ZF | PF);
         assert_eq!(logic(u64::MAX, 8).flags, SF | PF);
+    }
+
+    #[test]
+    fn conditions_pair_up_and_follow_the_table() {
+        use ConditionCode as C;
+        let pairs = [
+            (C::o, C::no),
+            (C::b, C::ae),
+            (C::e, C::ne),
+            (C::be, C::a),
+            (C::s, C::ns),
+            (C::p, C::np),
+            (C::l, C::ge),
+            (C::le, C::g),
+        ];
+        // Every combination of the five flags the conditions read.
+        for bits in 0u64..32 {
+            let rflags = [CF, PF, ZF, SF, OF]
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| bits & (1 << i) != 0)
+                .fold(0x2, |acc, (_, f)| acc | f);
+            for (holds, negated) in pairs {
+                assert_eq!(
+                    condition(holds, rflags).map(|b| !b),
+                    condition(negated, rflags)
+                );
+            }
+            let (cf, zf) = (rflags & CF != 0, rflags & ZF != 0);
+            let (sf, of) = (rflags & SF != 0, rflags & OF != 0);
+            assert_eq!(condition(C::a, rflags), Some(!cf && !zf));
+            assert_eq!(condition(C::l, rflags), Some(sf ^ of));
+            assert_eq!(condition(C::g, rflags), Some(!zf && sf == of));
+        }
+        assert_eq!(condition(C::None, 0), None);
+    }
+
+    #[test]
+    fn update_changes_only_its_flags() {
+        let u = Update {
+            value: 0,
+            flags: CF | ZF | OF,
+            changed: CF | SF,
+        };
+        // CF set, SF cleared, ZF and OF not changed (and non-status bits kept).
+        assert_eq!(u.rflags(0x202 | SF | OF), 0x202 | CF | OF);
+        assert_eq!(Update::nothing(5).rflags(0x2D7), 0x2D7);
+        assert_eq!(result_flags(0x1_00, 1), ZF | PF);
+        assert_eq!(top_bit(2), 0x8000);
     }
 }

@@ -9,12 +9,22 @@
 //! | ALU | [`alu`] | ADD, OR, ADC, SBB, AND, SUB, XOR, CMP, TEST, INC, DEC, NEG, NOT on memory; flags in [`flags`] |
 //! | exchange | [`xchg`] | XCHG, XADD, CMPXCHG, CMPXCHG8B, CMPXCHG16B on memory; the locked read-modify-write (monitor compare-exchange) |
 //! | stack | [`stack`] | PUSH, POP, PUSHF, near CALL, JMP m, RET, LEAVE: the operand or the stack in emulated memory |
+//! | bits | [`bits`] | BT, BTS, BTR, BTC (immediate and register offsets reaching outside the operand); BSF, BSR, POPCNT, LZCNT, TZCNT from memory |
+//! | shifts | [`shift`] | SHL/SAL, SHR, SAR, ROL, ROR, RCL, RCR by 1, imm8 and CL; SHLD, SHRD by imm8 and CL; undefined flags per vendor |
+//! | multiply/divide | [`muldiv`] | MUL, IMUL (1, 2 and 3 operands), DIV, IDIV with #DE; undefined flags per vendor |
+//! | conditional | [`cond`] | SETcc to memory, CMOVcc from memory; conditions from [`flags::condition`] |
+//! | byte-order/non-temporal moves | [`movx`] | MOVBE (load and store), MOVNTI |
 //! | vector moves | [`vector`] | MMX, SSE, AVX/AVX2 (VEX) and AVX-512 (EVEX) moves between a register and memory: MOVUPS/UPD, MOVAPS/APD, MOVDQU/DQA (VMOVDQU8/16/32/64, VMOVDQA32/64), LDDQU, MOVNTPS/PD/DQ/DQA, MOVNTQ, MOVNTSS/SD, MOVD, MOVQ, MOVSS, MOVSD, MOVLPS/HPS/LPD/HPD, VMOVSH, VMOVW; opmask merging and zeroing |
 
 mod alu;
+mod bits;
+mod cond;
 mod flags;
 mod io;
 mod mov;
+mod movx;
+mod muldiv;
+mod shift;
 mod stack;
 mod string;
 mod vector;
@@ -27,7 +37,7 @@ use crate::error::EmulationError;
 use crate::operand::{MemRef, operand_registers};
 use crate::registers::Segment;
 use crate::rep::Progress;
-use crate::state::{Cpu, Mode, RegSet, Res, Slot};
+use crate::state::{Cpu, Mode, RegSet, Res, Slot, gpr};
 
 /// The family an instruction belongs to, which decides how it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +54,16 @@ pub(crate) enum Family {
     Exchange(xchg::ExchangeKind),
     /// PUSH, POP, PUSHF, near CALL, JMP m, RET, LEAVE.
     Stack(stack::StackOp),
+    /// BT … BTC, BSF, BSR, POPCNT, LZCNT, TZCNT with a memory operand.
+    Bits(bits::BitKind),
+    /// Shifts and rotates with a memory destination.
+    Shift(shift::ShiftKind),
+    /// MUL, IMUL, DIV, IDIV with a memory operand.
+    MulDiv(muldiv::MulDivKind),
+    /// SETcc to memory, CMOVcc from memory.
+    Cond(cond::CondKind),
+    /// MOVBE and MOVNTI.
+    MovX(movx::MovXKind),
     /// MMX, SSE, AVX and AVX-512 moves between a register and memory.
     Vector(vector::VecMove),
 }
@@ -60,6 +80,11 @@ impl Family {
             .or_else(|| alu::classify(instr).map(Family::Alu))
             .or_else(|| xchg::classify(instr).map(Family::Exchange))
             .or_else(|| stack::classify(instr).map(Family::Stack))
+            .or_else(|| bits::classify(instr).map(Family::Bits))
+            .or_else(|| shift::classify(instr).map(Family::Shift))
+            .or_else(|| muldiv::classify(instr).map(Family::MulDiv))
+            .or_else(|| cond::classify(instr).map(Family::Cond))
+            .or_else(|| movx::classify(instr).map(Family::MovX))
     }
 
     /// Whether the instruction accesses memory (so that a memory exit can come from it).
@@ -72,6 +97,12 @@ impl Family {
             Family::Exchange(_) => true,
             // The operand or the stack: every form classified touches one.
             Family::Stack(_) => true,
+            // Each classifies only its forms with a memory operand.
+            Family::Bits(_)
+            | Family::Shift(_)
+            | Family::MulDiv(_)
+            | Family::Cond(_)
+            | Family::MovX(_) => true,
             // Its codes cover register-to-register encodings too.
             Family::Vector(_) => (0..instr.op_count()).any(|i| instr.op_kind(i) == OpKind::Memory),
         }
@@ -106,6 +137,16 @@ pub(crate) fn registers_needed<C: EmulatorCallbacks>(
         Family::Alu(_) => {}
         Family::Exchange(kind) => set = kind.registers(set),
         Family::Stack(op) => set = op.registers(set),
+        // The accumulator pair of the one-operand multiplies and divides.
+        Family::MulDiv(kind) if kind.uses_accumulator() => {
+            set = set.with(Slot::Gpr(gpr::RAX)).with(Slot::Gpr(gpr::RDX));
+        }
+        // Explicit operands only (CL is one when it is the count).
+        Family::Bits(_)
+        | Family::Shift(_)
+        | Family::MulDiv(_)
+        | Family::Cond(_)
+        | Family::MovX(_) => {}
         Family::Vector(op) => set = vector::registers(set, instr, op),
     }
     if cpu.state.mode == Mode::Long {
@@ -130,6 +171,11 @@ pub(crate) fn run<C: EmulatorCallbacks>(
         Family::Alu(kind) => alu::run(cpu, instr, kind),
         Family::Exchange(kind) => xchg::run(cpu, instr, kind),
         Family::Stack(op) => stack::run(cpu, instr, op).map(|()| Progress::Complete),
+        Family::Bits(kind) => bits::run(cpu, instr, kind).map(|()| Progress::Complete),
+        Family::Shift(kind) => shift::run(cpu, instr, kind).map(|()| Progress::Complete),
+        Family::MulDiv(kind) => muldiv::run(cpu, instr, kind).map(|()| Progress::Complete),
+        Family::Cond(kind) => cond::run(cpu, instr, kind).map(|()| Progress::Complete),
+        Family::MovX(kind) => movx::run(cpu, instr, kind).map(|()| Progress::Complete),
         Family::Vector(op) => vector::run(cpu, instr, op).map(|()| Progress::Complete),
     }
 }

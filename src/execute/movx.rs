@@ -1,0 +1,77 @@
+//! Moves with a twist: MOVBE, which swaps the byte order on the way (SDM Vol. 2B "MOVBE"), and
+//! MOVNTI, a store with a non-temporal hint (Vol. 2B "MOVNTI").
+//!
+//! * `MOVBE r, m16/m32/m64` reads memory and writes the register with the bytes reversed (a
+//!   16-bit load keeps the rest of the register, a 32-bit load zero-extends it).
+//! * `MOVBE m, r` writes the register's bytes to memory in reverse order; the memory is only
+//!   written.
+//! * `MOVNTI m32/m64, r` is an ordinary store here: the hint concerns caches, and the write
+//!   reaches the monitor's `memory` callback as any other.
+//!
+//! No flag is read or changed. No LOCK form exists (iced-x86 rejects it).
+
+use iced_x86::{Instruction, Mnemonic, OpKind};
+
+use super::{read_value, unsupported};
+use crate::access::Intent;
+use crate::callbacks::EmulatorCallbacks;
+use crate::state::{Cpu, Res};
+
+/// Which instruction, as [`super::Family::MovX`] carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MovXKind {
+    /// MOVBE, either direction.
+    Movbe,
+    /// MOVNTI.
+    Movnti,
+}
+
+/// The kind of a MOVBE or MOVNTI with a memory operand; `None` for anything else.
+pub(super) fn classify(instr: &Instruction) -> Option<MovXKind> {
+    let kind = match instr.mnemonic() {
+        Mnemonic::Movbe => MovXKind::Movbe,
+        Mnemonic::Movnti => MovXKind::Movnti,
+        _ => return None,
+    };
+    let memory = (0..instr.op_count()).any(|i| instr.op_kind(i) == OpKind::Memory);
+    memory.then_some(kind)
+}
+
+/// `value`'s low `size` bytes in reverse order.
+fn swap(value: u64, size: usize) -> u64 {
+    match size {
+        2 => u64::from((value as u16).swap_bytes()),
+        4 => u64::from((value as u32).swap_bytes()),
+        _ => value.swap_bytes(),
+    }
+}
+
+/// Runs the instruction.
+pub(super) fn run<C: EmulatorCallbacks>(
+    cpu: &mut Cpu<'_, C>,
+    instr: &Instruction,
+    kind: MovXKind,
+) -> Res<(), C> {
+    let size = instr.memory_size().size();
+    if !matches!(size, 2 | 4 | 8) {
+        return Err(unsupported(instr));
+    }
+    let mem = cpu.effective_address(instr)?;
+    match (instr.op0_kind(), instr.op1_kind()) {
+        (OpKind::Memory, OpKind::Register) => {
+            let value = cpu.read_reg(instr.op1_register())?;
+            let value = match kind {
+                MovXKind::Movbe => swap(value, size),
+                MovXKind::Movnti => value,
+            };
+            let span = cpu.resolve(mem, size, Intent::Write)?;
+            let bytes = value.to_le_bytes();
+            cpu.write_span(&span, bytes.get(..size).unwrap_or(&[]))
+        }
+        (OpKind::Register, OpKind::Memory) if kind == MovXKind::Movbe => {
+            let value = read_value(cpu, mem, size)?;
+            cpu.write_reg(instr.op0_register(), swap(value, size))
+        }
+        _ => Err(unsupported(instr)),
+    }
+}
