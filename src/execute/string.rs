@@ -26,15 +26,15 @@ use crate::state::{Cpu, RFLAGS_DF, RegSet, Res, Slot, segment_of};
 /// Which string move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum StringKind {
-    /// [rDI] ← [rSI].
+    /// `[rDI] ← [rSI]`.
     Movs,
-    /// [rDI] ← rAX.
+    /// `[rDI] ← rAX`.
     Stos,
-    /// rAX ← [rSI].
+    /// `rAX ← [rSI]`.
     Lods,
-    /// Flags of [rSI] − [rDI].
+    /// The flags of `[rSI] − [rDI]`.
     Cmps,
-    /// Flags of rAX − [rDI].
+    /// The flags of `rAX − [rDI]`.
     Scas,
 }
 

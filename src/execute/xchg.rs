@@ -36,7 +36,7 @@
 //!   ADD's ([`super::flags::add`]).
 //! * CMPXCHG: the six status flags are those of `CMP accumulator, old` ([`super::flags::sub`]),
 //!   so ZF says whether they were equal. Equal: memory gets the source register, the
-//!   accumulator is not written (a 32-bit accumulator keeps RAX[63:32]). Not equal: the
+//!   accumulator is not written (a 32-bit accumulator keeps `RAX[63:32]`). Not equal: the
 //!   accumulator gets the old value (a 32-bit write, zero-extending RAX in 64-bit mode).
 //! * CMPXCHG8B/16B: only ZF changes (set when EDX:EAX or RDX:RAX equalled memory, which then
 //!   gets ECX:EBX or RCX:RBX); on a mismatch EDX:EAX or RDX:RAX get memory (EAX and EDX
