@@ -3,30 +3,6 @@
 //! [`RegisterName`] keeps the `WHV_REGISTER_NAME` values, so a monitor on the Windows Hypervisor
 //! Platform can pass names straight through. Names hvemu adds beyond the platform's set are
 //! marked as such.
-//!
-//! # hvemu's extension names (0x0001_0000..=0x0001_FFFF)
-//!
-//! The platform names XMM0–XMM15 (0x1000..), the x87/MMX registers FP_MMX0–7 (0x1010..) and the
-//! control words, but not the wider vector state. hvemu names it in a range neither the x64 nor
-//! the arm64 platform numbering uses (the arm64 names start at 0x0002_0000):
-//!
-//! | names | numbers | value | what |
-//! |---|---|---|---|
-//! | [`XMM16`](RegisterName::XMM16)..XMM31 | 0x0001_0000 + n | [`RegisterValue::U128`] | bits 0–127 of vector register n (16–31) |
-//! | [`YMM0`](RegisterName::YMM0)..YMM31 | 0x0001_0100 + n | [`RegisterValue::U256`] | bits 0–255 of vector register n |
-//! | [`ZMM0`](RegisterName::ZMM0)..ZMM31 | 0x0001_0200 + n | [`RegisterValue::U512`] | bits 0–511 of vector register n |
-//! | [`K0`](RegisterName::K0)..K7 | 0x0001_0300 + n | [`RegisterValue::U64`] | AVX-512 opmask register n |
-//!
-//! Each vector name is a *view* of the low bits of one register: XMMn ⊂ YMMn ⊂ ZMMn. Reading a
-//! view returns those bits; writing one replaces those bits and leaves the bits above it
-//! unchanged. So a legacy SSE load (which keeps bits 128 and up) writes the platform's XMMn; a
-//! VEX load (which zeroes every bit above its destination) writes the widest view the guest's
-//! XCR0 enables, YMMn (AVX) or ZMMn (AVX-512), with the zeroes included; an EVEX load writes
-//! ZMMn. hvemu writes at most one view of a register per instruction. A monitor that keeps the
-//! guest's XSAVE image serves these names from its components: AVX (YMM_Hi128), ZMM_Hi256,
-//! Hi16_ZMM and opmask. One that does not support AVX or AVX-512 guests never sees them asked
-//! for: only VEX and EVEX instructions use them, and the processor runs those only when XCR0
-//! enables the state.
 
 use bitflags::bitflags;
 
@@ -34,6 +10,30 @@ use bitflags::bitflags;
 ///
 /// A newtype rather than an enum so that a monitor can pass through names hvemu does not know
 /// (the pending-event registers, say) without a lossy conversion.
+///
+/// # hvemu's extension names (0x0001_0000..=0x0001_FFFF)
+///
+/// The platform names XMM0–XMM15 (0x1000..), the x87/MMX registers FP_MMX0–7 (0x1010..) and the
+/// control words, but not the wider vector state. hvemu names it in a range neither the x64 nor
+/// the arm64 platform numbering uses (the arm64 names start at 0x0002_0000):
+///
+/// | names | numbers | value | what |
+/// |---|---|---|---|
+/// | [`XMM16`](RegisterName::XMM16)..XMM31 | 0x0001_0000 + n | [`RegisterValue::U128`] | bits 0–127 of vector register n (16–31) |
+/// | [`YMM0`](RegisterName::YMM0)..YMM31 | 0x0001_0100 + n | [`RegisterValue::U256`] | bits 0–255 of vector register n |
+/// | [`ZMM0`](RegisterName::ZMM0)..ZMM31 | 0x0001_0200 + n | [`RegisterValue::U512`] | bits 0–511 of vector register n |
+/// | [`K0`](RegisterName::K0)..K7 | 0x0001_0300 + n | [`RegisterValue::U64`] | AVX-512 opmask register n |
+///
+/// Each vector name is a *view* of the low bits of one register: XMMn ⊂ YMMn ⊂ ZMMn. Reading a
+/// view returns those bits; writing one replaces those bits and leaves the bits above it
+/// unchanged. So a legacy SSE load (which keeps bits 128 and up) writes the platform's XMMn; a
+/// VEX load (which zeroes every bit above its destination) writes the widest view the guest's
+/// XCR0 enables, YMMn (AVX) or ZMMn (AVX-512), with the zeroes included; an EVEX load writes
+/// ZMMn. hvemu writes at most one view of a register per instruction. A monitor that keeps the
+/// guest's XSAVE image serves these names from its components: AVX (YMM_Hi128), ZMM_Hi256,
+/// Hi16_ZMM and opmask. One that does not support AVX or AVX-512 guests never sees them asked
+/// for: only VEX and EVEX instructions use them, and the processor runs those only when XCR0
+/// enables the state.
 ///
 /// ```
 /// use hvemu::RegisterName;
@@ -125,7 +125,7 @@ impl RegisterName {
     pub const FP_CONTROL_STATUS: Self = Self(0x1018);
     pub const XMM_CONTROL_STATUS: Self = Self(0x1019);
     /// hvemu extension: XMM16 (bits 0–127 of vector register 16; AVX-512 only). XMM17..31
-    /// follow. See the [module docs](self) for the extension range.
+    /// follow. See [`RegisterName`] for the extension range.
     pub const XMM16: Self = Self(0x1_0010);
     /// hvemu extension: YMM0, bits 0–255 of vector register 0 ([`RegisterValue::U256`]).
     /// YMM1..31 follow.

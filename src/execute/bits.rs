@@ -46,7 +46,7 @@ use super::{read_value, unsupported};
 use crate::access::Intent;
 use crate::callbacks::EmulatorCallbacks;
 use crate::config::Vendor;
-use crate::operand::{MemRef, address_mask};
+use crate::operand::{MemRef, address_mask, memory_address_size};
 use crate::state::{Cpu, Res, width_mask};
 
 /// One bit test: what it stores in the tested word (BT stores nothing).
@@ -267,19 +267,6 @@ pub(super) fn run<C: EmulatorCallbacks>(
     }
 }
 
-/// The address size of the memory operand in bytes (as the operand layer computes it: from the
-/// base, else the index, else the displacement size).
-fn address_size(instr: &Instruction) -> usize {
-    let base = instr.memory_base();
-    match base {
-        Register::RIP => 8,
-        Register::EIP => 4,
-        Register::None if instr.memory_index() != Register::None => instr.memory_index().size(),
-        Register::None => instr.memory_displ_size() as usize,
-        _ => base.size(),
-    }
-}
-
 /// The word a register bit offset selects (SDM Vol. 2A "BT", "Operation" and Table 3-2):
 /// the operand-sized word `size` × (offset SAR log2(width)) bytes from the operand, and the bit
 /// within it.
@@ -290,7 +277,7 @@ fn bit_base(mem: MemRef, offset: u64, size: usize, instr: &Instruction) -> (MemR
     let displacement = words.wrapping_mul(size as i64) as u64;
     let moved = MemRef {
         seg: mem.seg,
-        offset: mem.offset.wrapping_add(displacement) & address_mask(address_size(instr)),
+        offset: mem.offset.wrapping_add(displacement) & address_mask(memory_address_size(instr)),
     };
     (moved, (offset as u32) & (bits - 1))
 }

@@ -22,7 +22,7 @@ pub(crate) struct MemRef {
 }
 
 /// The address size of an instruction's `OpKind::Memory` operand, in bytes.
-fn memory_address_size(instr: &Instruction) -> usize {
+pub(crate) fn memory_address_size(instr: &Instruction) -> usize {
     let base = instr.memory_base();
     let index = instr.memory_index();
     if base != Register::None && !matches!(base, Register::RIP | Register::EIP) {
