@@ -39,7 +39,7 @@
 //!   all four. (On a processor without LZCNT, `F3 0F BD` executes as BSR; hvemu decodes and
 //!   runs LZCNT, the instruction of every processor since AMD's ABM and Intel's Haswell.)
 
-use iced_x86::{Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Instruction, Mnemonic, OpKind};
 
 use super::flags::{AF, ARITHMETIC, CF, PF, SF, Update, ZF, flag_if, result_flags};
 use super::{read_value, unsupported};
