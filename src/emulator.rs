@@ -17,9 +17,11 @@ use crate::state::{Cpu, RFLAGS_TF, gpr};
 pub enum Completion {
     /// The instruction completed; RIP points past it.
     Complete,
-    /// A REP instruction ran [`Config::max_rep_iterations`] iterations (or stopped before one
-    /// that failed) with count left: its progress is committed and RIP stays on it, so the
-    /// guest executes it again.
+    /// RIP stays on the instruction, so the guest executes it again (and exits again): a REP
+    /// instruction ran [`Config::max_rep_iterations`] iterations (or stopped before one that
+    /// failed) with count left, and its progress is committed; or a locked operation kept
+    /// losing its race against other processors and nothing was done. RFLAGS.RF is set, as
+    /// the processor leaves it for an instruction it will resume.
     Partial,
     /// RFLAGS.TF was set: the instruction completed (or, for a REP instruction, one iteration;
     /// `partial` says which) and its registers are committed; the guest must now take the
@@ -276,25 +278,29 @@ fn finish<C: EmulatorCallbacks>(
     let needed = execute::registers_needed(&cpu, family, instr);
     cpu.fetch(needed)?;
     let progress = execute::run(&mut cpu, family, instr)?;
-    let partial = progress == Progress::Partial;
-    let rip = if partial {
-        cpu.state.rip
-    } else {
+    let completed = progress == Progress::Complete;
+    let rip = if completed {
         cpu.state
             .mask_ip(cpu.state.rip.wrapping_add(instr.len() as u64))
+    } else {
+        cpu.state.rip
     };
     // Single-step traps after the instruction, or after each REP iteration (SDM Vol. 3B
-    // §18.3.1.4): queue it with the commit when injecting, or tell the monitor.
-    let single_step = cpu.exit_rflags() & RFLAGS_TF != 0;
+    // §18.3.1.4), but not when nothing happened: queue it with the commit when injecting, or
+    // tell the monitor.
+    let single_step = cpu.exit_rflags() & RFLAGS_TF != 0 && progress != Progress::Retry;
     let inject = single_step && cpu.config.inject_exceptions;
     cpu.commit(
         rip,
         inject.then(|| Exception::single_step().pending_event()),
+        completed,
     )?;
-    Ok(match (single_step && !inject, partial) {
-        (true, partial) => Completion::SingleStepTrap { partial },
-        (false, true) => Completion::Partial,
-        (false, false) => Completion::Complete,
+    Ok(match (single_step && !inject, completed) {
+        (true, completed) => Completion::SingleStepTrap {
+            partial: !completed,
+        },
+        (false, false) => Completion::Partial,
+        (false, true) => Completion::Complete,
     })
 }
 

@@ -22,6 +22,9 @@ pub(crate) enum Progress {
     Complete,
     /// A REP instruction stopped part way: RIP stays on it.
     Partial,
+    /// Nothing happened (a locked operation kept losing its race): RIP stays on the
+    /// instruction and the guest runs it again.
+    Retry,
 }
 
 /// Which prefix governs the repetition.

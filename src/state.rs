@@ -544,12 +544,20 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
     }
 
     /// Commits the changed registers (and RIP, and RFLAGS if it changed) in one
-    /// `set_registers` call. RF is cleared: the instruction completed (or made progress).
+    /// `set_registers` call. RF is cleared when the instruction `completed`; when it stopped
+    /// part way (or made no progress) and RIP stays on it, RF is set, as the processor sets it
+    /// for an event after a REP iteration other than the last, so that an instruction
+    /// breakpoint does not fire again when the guest resumes it (SDM Vol. 3B §18.3.1.1).
     /// A control transfer's target (see [`Cpu::branch_to`]) replaces `new_rip`.
     ///
     /// `event`, when given, is written to the pending-event register in the same call (a
     /// single-step trap queued by exception injection).
-    pub(crate) fn commit(&mut self, new_rip: u64, event: Option<u128>) -> Res<(), C> {
+    pub(crate) fn commit(
+        &mut self,
+        new_rip: u64,
+        event: Option<u128>,
+        completed: bool,
+    ) -> Res<(), C> {
         let new_rip = self.state.branch.unwrap_or(new_rip);
         // 16 GPRs, RIP, RFLAGS and the registers held by name: pushes cannot fail.
         const MOST: usize = 19 + WIDE_HELD;
@@ -563,7 +571,11 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
         }
         let _ = names.push(RegisterName::RIP);
         let _ = values.push(RegisterValue::U64(new_rip));
-        let rflags = self.state.rflags & !RFLAGS_RF;
+        let rflags = if completed {
+            self.state.rflags & !RFLAGS_RF
+        } else {
+            self.state.rflags | RFLAGS_RF
+        };
         if rflags != self.state.rflags_at_exit {
             let _ = names.push(RegisterName::RFLAGS);
             let _ = values.push(RegisterValue::U64(rflags));

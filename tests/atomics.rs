@@ -398,8 +398,8 @@ fn xadd_adds_and_returns_the_old_value() {
 #[test]
 fn locked_operations_that_keep_losing_the_race_are_left_for_the_guest_to_retry() {
     // lock xadd [rbx], ecx while another processor writes the operand before every
-    // compare-exchange: after eight lost races nothing is written, no register but RIP is
-    // committed, RIP stays on the instruction.
+    // compare-exchange: after eight lost races nothing is written, no register but RIP and
+    // RFLAGS.RF is committed, RIP stays on the instruction.
     let bytes = long(|a| a.lock().xadd(dword_ptr(rbx), ecx));
     let mut m = machine(RAM, &le32(100), CF);
     m.atomic_ram = true;
@@ -418,9 +418,10 @@ fn locked_operations_that_keep_losing_the_race_are_left_for_the_guest_to_retry()
         "only the other processor wrote"
     );
     assert_eq!(m.gpr(RCX), 5);
-    assert_eq!(m.regs.rflags, 0x202 | CF);
+    // RF set: the instruction will be resumed, so its breakpoint must not fire again.
+    assert_eq!(m.regs.rflags, 0x202 | CF | (1 << 16));
     assert_eq!(m.regs.rip, 0x1000);
-    assert_eq!(set_names(&m), [RegisterName::RIP]);
+    assert_eq!(set_names(&m), [RegisterName::RIP, RegisterName::RFLAGS]);
 
     // The guest executes it again; this time the race is won on the second attempt.
     m.racing_writes.push_back((RAM, le32(2000)));
@@ -506,4 +507,29 @@ fn a_read_only_page_faults_as_a_write_before_any_access() {
         assert!(m.memory_calls().is_empty());
         assert!(m.compare_exchanges().is_empty());
     }
+}
+
+#[test]
+fn locked_bit_test_and_set_uses_the_compare_exchange() {
+    // lock bts dword [rbx], 3 on RAM the monitor can update atomically.
+    let bytes = long(|a| a.lock().bts(dword_ptr(rbx), 3));
+    let mut m = machine(RAM, &le32(0x0000_0001), 0x202);
+    m.atomic_ram = true;
+    exit(&mut m, &bytes, RAM).ok();
+    assert_eq!(m.read_phys(RAM, 4), le32(0x0000_0009));
+    let calls = m.compare_exchanges();
+    assert_eq!(
+        calls.len(),
+        2,
+        "first from the guess 0, then from the value found"
+    );
+    assert_eq!(calls[1].3, Some(true));
+    assert!(m.memory_calls().is_empty());
+    assert_eq!(m.regs.rflags & CF, 0, "CF receives the old bit 3");
+    // Without LOCK: a plain read and write.
+    let bytes = long(|a| a.bts(dword_ptr(rbx), 0));
+    exit(&mut m, &bytes, RAM).ok();
+    assert_eq!(m.compare_exchanges().len(), 0);
+    assert_eq!(m.memory_calls().len(), 2);
+    assert_eq!(m.regs.rflags & CF, CF);
 }

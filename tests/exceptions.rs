@@ -165,3 +165,34 @@ fn lock_where_it_is_not_allowed_is_invalid_opcode() {
         "{r:?}"
     );
 }
+
+#[test]
+fn resume_flag_is_set_when_rip_stays_and_cleared_when_the_instruction_completes() {
+    const RF: u64 = 1 << 16;
+    let mut m = Machine::long();
+    m.regs.rflags |= RF;
+    m.set_gpr(1, 10);
+    m.set_gpr(7, MMIO);
+    let config = Config::default().with_max_rep_iterations(4);
+    let ctx = MemoryAccessContext::new(&[0xF3, 0xAA], MemoryAccessType::Write, MMIO);
+    m.regs.rflags &= !RF;
+    assert_eq!(
+        m.mmio_ctx_config(2, &ctx, config).result,
+        Ok(Completion::Partial)
+    );
+    assert_ne!(
+        m.regs.rflags & RF,
+        0,
+        "a resumed REP must not re-trigger its breakpoint"
+    );
+    assert_eq!(
+        m.mmio_ctx_config(2, &ctx, config).result,
+        Ok(Completion::Partial)
+    );
+    assert_eq!(
+        m.mmio_ctx_config(2, &ctx, config).result,
+        Ok(Completion::Complete)
+    );
+    assert_eq!(m.regs.rflags & RF, 0);
+    assert_eq!((m.gpr(1), m.regs.rip), (0, 2));
+}

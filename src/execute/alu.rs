@@ -18,7 +18,7 @@
 //! * CMP and TEST only read their memory operand; `r, r/m` forms read memory and write the
 //!   register (8- and 16-bit writes merge, 32-bit writes zero-extend).
 //! * LOCK is accepted where the decoder accepts it (memory-destination forms of every operation
-//!   here except CMP and TEST); iced-x86 rejects it elsewhere, so such bytes are undecodable.
+//!   here except CMP and TEST); elsewhere decode reports #UD, as the processor does.
 //!   A locked operand within one page is first offered to the monitor's
 //!   [`compare_exchange`](crate::EmulatorCallbacks::compare_exchange) (read, compute,
 //!   compare-exchange, bounded retries; [`super::xchg::read_modify_write`]); when the monitor
@@ -340,7 +340,7 @@ pub(crate) fn run_op<O: AluOp, C: EmulatorCallbacks>(
                 let update = |old: u128| u128::from(O::apply(old as u64, src, rflags, size).value);
                 let Rmw::Done { old } = read_modify_write(cpu, &span, size, true, 0, update)?
                 else {
-                    return Ok(Progress::Partial);
+                    return Ok(Progress::Retry);
                 };
                 let outcome = O::apply(old as u64, src, rflags, size);
                 let changed = O::DEFINED | O::UNDEFINED;

@@ -42,11 +42,13 @@
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
 use super::flags::{AF, ARITHMETIC, CF, PF, SF, Update, ZF, flag_if, result_flags};
+use super::xchg::{Rmw, read_modify_write};
 use super::{read_value, unsupported};
 use crate::access::Intent;
 use crate::callbacks::EmulatorCallbacks;
 use crate::config::Vendor;
 use crate::operand::{MemRef, address_mask, memory_address_size};
+use crate::rep::Progress;
 use crate::state::{Cpu, Res, width_mask};
 
 /// One bit test: what it stores in the tested word (BT stores nothing).
@@ -253,17 +255,18 @@ pub(super) fn run<C: EmulatorCallbacks>(
     cpu: &mut Cpu<'_, C>,
     instr: &Instruction,
     kind: BitKind,
-) -> Res<(), C> {
+) -> Res<Progress, C> {
+    let scan = |r: Res<(), C>| r.map(|()| Progress::Complete);
     match kind {
         BitKind::Bt => run_test::<Bt, C>(cpu, instr),
         BitKind::Bts => run_test::<Bts, C>(cpu, instr),
         BitKind::Btr => run_test::<Btr, C>(cpu, instr),
         BitKind::Btc => run_test::<Btc, C>(cpu, instr),
-        BitKind::Bsf => run_scan::<Bsf, C>(cpu, instr),
-        BitKind::Bsr => run_scan::<Bsr, C>(cpu, instr),
-        BitKind::Popcnt => run_scan::<Popcnt, C>(cpu, instr),
-        BitKind::Lzcnt => run_scan::<Lzcnt, C>(cpu, instr),
-        BitKind::Tzcnt => run_scan::<Tzcnt, C>(cpu, instr),
+        BitKind::Bsf => scan(run_scan::<Bsf, C>(cpu, instr)),
+        BitKind::Bsr => scan(run_scan::<Bsr, C>(cpu, instr)),
+        BitKind::Popcnt => scan(run_scan::<Popcnt, C>(cpu, instr)),
+        BitKind::Lzcnt => scan(run_scan::<Lzcnt, C>(cpu, instr)),
+        BitKind::Tzcnt => scan(run_scan::<Tzcnt, C>(cpu, instr)),
     }
 }
 
@@ -283,11 +286,12 @@ fn bit_base(mem: MemRef, offset: u64, size: usize, instr: &Instruction) -> (MemR
 }
 
 /// The bit-test routine: find the word and bit, read (and for BTS/BTR/BTC write) the word, CF
-/// receives the bit.
+/// receives the bit. A LOCKed BTS/BTR/BTC goes through the locked read-modify-write of
+/// [`super::xchg`] (the monitor's compare-exchange when it offers one).
 pub(crate) fn run_test<O: BitTestOp, C: EmulatorCallbacks>(
     cpu: &mut Cpu<'_, C>,
     instr: &Instruction,
-) -> Res<(), C> {
+) -> Res<Progress, C> {
     let size = instr.memory_size().size();
     if !matches!(size, 2 | 4 | 8) || instr.op0_kind() != OpKind::Memory {
         return Err(unsupported(instr));
@@ -308,20 +312,24 @@ pub(crate) fn run_test<O: BitTestOp, C: EmulatorCallbacks>(
     };
     // Every fault is found here, before the read.
     let span = cpu.resolve(mem, size, intent)?;
-    let mut buf = [0u8; 8];
-    cpu.read_span(&span, buf.get_mut(..size).unwrap_or(&mut []))?;
-    let word = u64::from_le_bytes(buf);
-    if O::WRITES {
-        let bytes = O::apply(word, bit).to_le_bytes();
-        cpu.write_span(&span, bytes.get(..size).unwrap_or(&[]))?;
-    }
+    let word = if O::WRITES {
+        let update = |old: u128| u128::from(O::apply(old as u64, bit));
+        match read_modify_write(cpu, &span, size, instr.has_lock_prefix(), 0, update)? {
+            Rmw::Done { old } => old as u64,
+            Rmw::Contended => return Ok(Progress::Retry),
+        }
+    } else {
+        let mut buf = [0u8; 8];
+        cpu.read_span(&span, buf.get_mut(..size).unwrap_or(&mut []))?;
+        u64::from_le_bytes(buf)
+    };
     let update = Update {
         value: word,
         flags: flag_if(word.checked_shr(bit).unwrap_or(0) & 1 != 0, CF),
         changed: CF,
     };
     cpu.state.rflags = update.rflags(cpu.state.rflags);
-    Ok(())
+    Ok(Progress::Complete)
 }
 
 /// The scan routine: read the source, write the destination register (unless the operation

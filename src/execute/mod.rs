@@ -171,7 +171,7 @@ pub(crate) fn run<C: EmulatorCallbacks>(
         Family::Alu(kind) => alu::run(cpu, instr, kind),
         Family::Exchange(kind) => xchg::run(cpu, instr, kind),
         Family::Stack(op) => stack::run(cpu, instr, op).map(|()| Progress::Complete),
-        Family::Bits(kind) => bits::run(cpu, instr, kind).map(|()| Progress::Complete),
+        Family::Bits(kind) => bits::run(cpu, instr, kind),
         Family::Shift(kind) => shift::run(cpu, instr, kind).map(|()| Progress::Complete),
         Family::MulDiv(kind) => muldiv::run(cpu, instr, kind).map(|()| Progress::Complete),
         Family::Cond(kind) => cond::run(cpu, instr, kind).map(|()| Progress::Complete),

@@ -210,7 +210,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
             let reg = instr.op1_register();
             let src = u128::from(cpu.read_reg(reg)?);
             let Rmw::Done { old } = read_modify_write(cpu, &span, size, locked, 0, |_| src)? else {
-                return Ok(Progress::Partial);
+                return Ok(Progress::Retry);
             };
             cpu.write_reg(reg, old as u64)?;
         }
@@ -219,7 +219,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
             let src = cpu.read_reg(reg)?;
             let sum = |old: u128| u128::from(flags::add(old as u64, src, false, size).value);
             let Rmw::Done { old } = read_modify_write(cpu, &span, size, locked, 0, sum)? else {
-                return Ok(Progress::Partial);
+                return Ok(Progress::Retry);
             };
             let outcome = flags::add(old as u64, src, false, size);
             cpu.write_reg(reg, old as u64)?;
@@ -232,7 +232,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
             let exchange = |old: u128| if old == acc { src } else { old };
             let Rmw::Done { old } = read_modify_write(cpu, &span, size, locked, acc, exchange)?
             else {
-                return Ok(Progress::Partial);
+                return Ok(Progress::Retry);
             };
             let outcome = flags::sub(acc as u64, old as u64, false, size);
             if old != acc {
@@ -256,7 +256,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
             let Rmw::Done { old } =
                 read_modify_write(cpu, &span, size, locked, expected, exchange)?
             else {
-                return Ok(Progress::Partial);
+                return Ok(Progress::Retry);
             };
             let equal = old == expected;
             if !equal {
