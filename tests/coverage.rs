@@ -39,10 +39,21 @@ fn has_memory(instr: &iced_x86::Instruction) -> bool {
 fn candidates(bitness: u32) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let tail = [0x11u8, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88];
-    let mut prefixes: Vec<Vec<u8>> =
-        vec![vec![], vec![0x66], vec![0xF2], vec![0xF3], vec![0xF0], vec![0x67]];
+    let mut prefixes: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0x66],
+        vec![0xF2],
+        vec![0xF3],
+        vec![0xF0],
+        vec![0x67],
+    ];
     if bitness == 64 {
-        prefixes.extend([vec![0x48], vec![0x66, 0x48], vec![0xF0, 0x48], vec![0xF3, 0x48]]);
+        prefixes.extend([
+            vec![0x48],
+            vec![0x66, 0x48],
+            vec![0xF0, 0x48],
+            vec![0xF3, 0x48],
+        ]);
     }
     let maps: [&[u8]; 4] = [&[], &[0x0F], &[0x0F, 0x38], &[0x0F, 0x3A]];
     for p in &prefixes {
@@ -109,7 +120,8 @@ fn supported_forms_are_counted_through_the_public_api() {
             if instr.is_invalid() || !has_memory(&instr) {
                 continue;
             }
-            seen.entry(instr.code()).or_insert((bitness, bytes[..instr.len()].to_vec()));
+            seen.entry(instr.code())
+                .or_insert((bitness, bytes[..instr.len()].to_vec()));
         }
     }
     let mut supported = BTreeSet::new();
@@ -129,7 +141,9 @@ fn supported_forms_are_counted_through_the_public_api() {
         let r = m.mmio_ctx(bytes.len() as u8, &ctx).result;
         if !matches!(r, Err(EmulationError::Unsupported { .. })) {
             supported.insert(*code);
-            *by_mnemonic.entry(format!("{:?}", code.mnemonic())).or_default() += 1;
+            *by_mnemonic
+                .entry(format!("{:?}", code.mnemonic()))
+                .or_default() += 1;
         }
     }
     println!(
