@@ -84,16 +84,22 @@ pub(crate) struct Tlb {
 }
 
 impl Tlb {
+    /// A translation of `page` validated for at least `flags`, made with the same privilege:
+    /// a walk for an implicit supervisor access (TSS, descriptor tables) never serves the
+    /// instruction's own accesses, nor the other way round (SMAP treats the two differently).
     fn lookup(&self, page: u64, flags: TranslateGvaFlags) -> Option<u64> {
         self.entries
             .iter()
-            .find(|e| e.valid && e.page == page && e.flags.contains(flags))
+            .find(|e| e.valid && e.page == page && same_privilege(e.flags, flags))
+            .filter(|e| e.flags.contains(flags))
             .map(|e| e.gpa)
     }
 
     fn insert(&mut self, page: u64, gpa: u64, flags: TranslateGvaFlags) {
-        // Replace a weaker translation of the same page in place, so lookups stay unambiguous.
-        let slot = match self.entries.iter().position(|e| e.valid && e.page == page) {
+        // Replace a weaker translation of the same page and privilege in place, so lookups
+        // stay unambiguous.
+        let same = |e: &TlbEntry| e.valid && e.page == page && same_privilege(e.flags, flags);
+        let slot = match self.entries.iter().position(same) {
             Some(i) => i,
             None => {
                 let i = self.next % self.entries.len();
@@ -110,6 +116,11 @@ impl Tlb {
             };
         }
     }
+}
+
+fn same_privilege(a: TranslateGvaFlags, b: TranslateGvaFlags) -> bool {
+    a.contains(TranslateGvaFlags::PRIVILEGE_EXEMPT)
+        == b.contains(TranslateGvaFlags::PRIVILEGE_EXEMPT)
 }
 
 /// A linear range resolved to at most two guest-physical pieces (split at the page boundary).
