@@ -77,9 +77,11 @@ struct TlbEntry {
 
 /// Translations made during one call. Four entries cover the pages any one instruction or REP
 /// iteration touches (two operands, each possibly split).
+const TLB_ENTRIES: usize = 4;
+
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Tlb {
-    entries: [TlbEntry; 4],
+    entries: [TlbEntry; TLB_ENTRIES],
     next: usize,
 }
 
@@ -102,8 +104,8 @@ impl Tlb {
         let slot = match self.entries.iter().position(same) {
             Some(i) => i,
             None => {
-                let i = self.next % self.entries.len();
-                self.next = (i + 1) % self.entries.len();
+                let i = self.next % TLB_ENTRIES;
+                self.next = i.wrapping_add(1) % TLB_ENTRIES;
                 i
             }
         };
@@ -154,7 +156,10 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
     ) -> Res<Span, C> {
         let len = len.clamp(1, MAX_ACCESS);
         let offset = linear & !PAGE_MASK;
-        let first_len = usize::try_from(PAGE - offset).unwrap_or(len).min(len);
+        // `offset` is below PAGE: no wrap.
+        let first_len = usize::try_from(PAGE.wrapping_sub(offset))
+            .unwrap_or(len)
+            .min(len);
         // Outside 64-bit mode linear addresses wrap at 4 GiB.
         let wrap = if self.state.is_long() {
             u64::MAX

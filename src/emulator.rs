@@ -255,7 +255,10 @@ impl<C: EmulatorCallbacks> Emulator<C> {
         } else {
             8
         };
-        let last_byte = (u32::from(exception.vector as u8) + 1) * entry - 1;
+        // The vector is below 32: no overflow.
+        let last_byte = (u32::from(exception.vector as u8).wrapping_add(1))
+            .wrapping_mul(entry)
+            .wrapping_sub(1);
         if last_byte > u32::from(idtr.limit) {
             return Err(EmulationError::GuestCannotBeFaulted(exception));
         }

@@ -90,7 +90,7 @@ impl Slot {
     const fn index(self) -> u32 {
         match self {
             Slot::Gpr(n) => (n & 15) as u32,
-            Slot::Seg(s) => 16 + s as u32,
+            Slot::Seg(s) => 16 | s as u32,
             Slot::Tr => 22,
             Slot::Cr4 => 23,
             Slot::Efer => 24,
@@ -154,7 +154,7 @@ impl RegSet {
         }
         if let Some(entry) = self.wide.get_mut(len) {
             *entry = name;
-            self.wide_len += 1;
+            self.wide_len = self.wide_len.saturating_add(1);
         }
         self
     }
@@ -252,7 +252,9 @@ impl State {
             _ => exec.cpl & 3,
         };
         let mut seg = [SegmentRegister::default(); 6];
-        seg[Segment::Cs as usize] = vp.cs;
+        if let Some(cs) = seg.get_mut(Segment::Cs as usize) {
+            *cs = vp.cs;
+        }
         State {
             mode,
             code_bits,
@@ -283,7 +285,9 @@ impl State {
 
     /// Seeds a segment register the exit context already carries.
     pub(crate) fn preload_segment(&mut self, s: Segment, value: SegmentRegister) {
-        self.seg[s as usize] = value;
+        if let Some(seg) = self.seg.get_mut(s as usize) {
+            *seg = value;
+        }
         self.loaded = self.loaded.with(Slot::Seg(s));
     }
 
@@ -331,8 +335,18 @@ impl State {
     fn store(&mut self, slot: Slot, value: RegisterValue) -> Result<(), RegisterName> {
         let bad = slot.name();
         match slot {
-            Slot::Gpr(n) => self.gpr[usize::from(n & 15)] = value.as_u64().ok_or(bad)?,
-            Slot::Seg(s) => self.seg[s as usize] = value.as_segment().ok_or(bad)?,
+            Slot::Gpr(n) => {
+                let value = value.as_u64().ok_or(bad)?;
+                if let Some(r) = self.gpr.get_mut(usize::from(n & 15)) {
+                    *r = value;
+                }
+            }
+            Slot::Seg(s) => {
+                let value = value.as_segment().ok_or(bad)?;
+                if let Some(r) = self.seg.get_mut(s as usize) {
+                    *r = value;
+                }
+            }
             Slot::Tr => self.tr = value.as_segment().ok_or(bad)?,
             Slot::Cr4 => self.cr4 = value.as_u64().ok_or(bad)?,
             Slot::Efer => self.efer = value.as_u64().ok_or(bad)?,
@@ -457,13 +471,20 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
     /// A full 64-bit GPR by hardware number.
     pub(crate) fn gpr(&mut self, n: u8) -> Res<u64, C> {
         self.ensure(Slot::Gpr(n & 15))?;
-        Ok(self.state.gpr[usize::from(n & 15)])
+        Ok(self
+            .state
+            .gpr
+            .get(usize::from(n & 15))
+            .copied()
+            .unwrap_or(0))
     }
 
     /// Writes a full 64-bit GPR.
     pub(crate) fn set_gpr(&mut self, n: u8, value: u64) {
         let n = n & 15;
-        self.state.gpr[usize::from(n)] = value;
+        if let Some(r) = self.state.gpr.get_mut(usize::from(n)) {
+            *r = value;
+        }
         self.state.loaded = self.state.loaded.with(Slot::Gpr(n));
         self.state.dirty = self.state.dirty.with(Slot::Gpr(n));
     }
@@ -471,7 +492,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
     /// A segment register.
     pub(crate) fn segment(&mut self, s: Segment) -> Res<SegmentRegister, C> {
         self.ensure(Slot::Seg(s))?;
-        Ok(self.state.seg[s as usize])
+        Ok(self.state.seg.get(s as usize).copied().unwrap_or_default())
     }
 
     /// The task register.

@@ -85,7 +85,7 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
                 return Err(undecodable());
             }
             let fetched = self.fetch_code(len, buf.get_mut(len..).unwrap_or(&mut []))?;
-            len += fetched;
+            len = len.saturating_add(fetched);
         }
     }
 
@@ -103,7 +103,8 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
             }
         }
         let first_linear = self.linearize(Segment::Cs, offset, 1, Intent::Execute)?;
-        let page_room = 0x1000 - (first_linear & 0xFFF) as usize;
+        // At least one byte is left on the page.
+        let page_room = 0x1000usize.wrapping_sub((first_linear & 0xFFF) as usize);
         want = want.min(page_room);
         let linear = self.linearize(Segment::Cs, offset, want, Intent::Execute)?;
         let span = self.translate(linear, want, Intent::Execute, Privilege::Current)?;
