@@ -80,6 +80,10 @@ const CR0: usize = 0;
 const CR4: usize = 3;
 const CR8: usize = 4;
 
+// Indices into `RegisterFile::segments` (constants: the compiler checks them).
+const CS: usize = Segment::Cs as usize;
+const SS: usize = Segment::Ss as usize;
+
 const CR0_PE: u64 = 1;
 const CR0_AM: u64 = 1 << 18;
 const CR0_PG: u64 = 1 << 31;
@@ -96,7 +100,7 @@ impl RegisterFile {
             ..Self::default()
         };
         f.segments = [SegmentRegister::real_mode(0); 6];
-        f.segments[Segment::Cs as usize].attributes = SegmentAttributes::from_bits_retain(0x9B);
+        f.segments[CS].attributes = SegmentAttributes::from_bits_retain(0x9B);
         f.ldtr.attributes = SegmentAttributes::from_bits_retain(0x82);
         f.ldtr.limit = 0xFFFF;
         f.tr.attributes = SegmentAttributes::from_bits_retain(0x8B);
@@ -112,7 +116,7 @@ impl RegisterFile {
         let mut f = Self::real_mode();
         let data = SegmentRegister::flat(0x10, 0xC093);
         f.segments = [data; 6];
-        f.segments[Segment::Cs as usize] = SegmentRegister::flat(0x08, 0xC09B);
+        f.segments[CS] = SegmentRegister::flat(0x08, 0xC09B);
         f.cr[CR0] = CR0_PE | 0x10;
         f
     }
@@ -120,7 +124,7 @@ impl RegisterFile {
     /// 64-bit mode at CPL 0 (code selector 0x08 with L=1, data 0x10), paging on.
     pub fn long_mode() -> Self {
         let mut f = Self::protected_mode_32();
-        f.segments[Segment::Cs as usize] = SegmentRegister::flat(0x08, 0xA09B);
+        f.segments[CS] = SegmentRegister::flat(0x08, 0xA09B);
         f.cr[CR0] |= CR0_PG;
         f.cr[CR4] = 1 << 5; // PAE
         f.efer = EFER_LMA | (1 << 8) | (1 << 11);
@@ -142,15 +146,17 @@ impl RegisterFile {
     /// All 512 bits of vector register `n` (0..=31) as little-endian bytes; out-of-range
     /// reads 0.
     pub fn vector(&self, n: usize) -> [u8; 64] {
-        let lanes = match n {
-            0..16 => [
-                self.xmm[n],
-                self.ymm_hi128[n],
-                self.zmm_hi256[n][0],
-                self.zmm_hi256[n][1],
-            ],
-            16..32 => self.hi16_zmm[n - 16],
-            _ => [0; 4],
+        let lanes = match (
+            self.xmm.get(n),
+            self.ymm_hi128.get(n),
+            self.zmm_hi256.get(n),
+        ) {
+            (Some(&xmm), Some(&ymm_hi), Some(&[z0, z1])) => [xmm, ymm_hi, z0, z1],
+            _ => n
+                .checked_sub(16)
+                .and_then(|hi| self.hi16_zmm.get(hi))
+                .copied()
+                .unwrap_or([0; 4]),
         };
         let mut bytes = [0u8; 64];
         for (chunk, lane) in bytes.chunks_exact_mut(16).zip(lanes) {
@@ -167,22 +173,31 @@ impl RegisterFile {
             b.copy_from_slice(chunk);
             *lane = u128::from_le_bytes(b);
         }
-        match n {
-            0..16 => {
-                self.xmm[n] = lanes[0];
-                self.ymm_hi128[n] = lanes[1];
-                self.zmm_hi256[n] = [lanes[2], lanes[3]];
+        let [l0, l1, l2, l3] = lanes;
+        match (
+            self.xmm.get_mut(n),
+            self.ymm_hi128.get_mut(n),
+            self.zmm_hi256.get_mut(n),
+        ) {
+            (Some(xmm), Some(ymm_hi), Some(zmm_hi)) => {
+                *xmm = l0;
+                *ymm_hi = l1;
+                *zmm_hi = [l2, l3];
             }
-            16..32 => self.hi16_zmm[n - 16] = lanes,
-            _ => {}
+            _ => {
+                if let Some(hi) = n.checked_sub(16).and_then(|hi| self.hi16_zmm.get_mut(hi)) {
+                    *hi = lanes;
+                }
+            }
         }
     }
 
     /// Writes the low `bytes.len()` bytes (at most 64) of vector register `n`, keeping the rest.
     fn set_vector_low(&mut self, n: usize, bytes: &[u8]) {
         let mut v = self.vector(n);
-        let len = bytes.len().min(64);
-        v[..len].copy_from_slice(&bytes[..len]);
+        for (dst, src) in v.iter_mut().zip(bytes) {
+            *dst = *src;
+        }
         self.set_vector(n, &v);
     }
 
@@ -193,12 +208,29 @@ impl RegisterFile {
 
     /// A segment register.
     pub fn segment(&self, seg: Segment) -> SegmentRegister {
-        self.segments[seg as usize]
+        let [es, cs, ss, ds, fs, gs] = self.segments;
+        match seg {
+            Segment::Es => es,
+            Segment::Cs => cs,
+            Segment::Ss => ss,
+            Segment::Ds => ds,
+            Segment::Fs => fs,
+            Segment::Gs => gs,
+        }
     }
 
     /// Sets a segment register.
     pub fn set_segment(&mut self, seg: Segment, value: SegmentRegister) {
-        self.segments[seg as usize] = value;
+        let [es, cs, ss, ds, fs, gs] = &mut self.segments;
+        let slot = match seg {
+            Segment::Es => es,
+            Segment::Cs => cs,
+            Segment::Ss => ss,
+            Segment::Ds => ds,
+            Segment::Fs => fs,
+            Segment::Gs => gs,
+        };
+        *slot = value;
     }
 
     /// The exit context the hypervisor would report for an instruction of `instruction_length`
@@ -211,7 +243,7 @@ impl RegisterFile {
         } else if self.rflags & RFLAGS_VM != 0 {
             3
         } else {
-            self.segments[Segment::Ss as usize].dpl()
+            self.segments[SS].dpl()
         };
         VpExitContext {
             execution_state: ExecutionState {
@@ -223,7 +255,7 @@ impl RegisterFile {
             },
             instruction_length,
             cr8: (self.cr[CR8] & 0xF) as u8,
-            cs: self.segments[Segment::Cs as usize],
+            cs: self.segments[CS],
             rip: self.rip,
             rflags: self.rflags,
         }
@@ -265,55 +297,50 @@ impl RegisterFile {
     /// One register's value.
     pub fn read(&self, name: RegisterName) -> Result<RegisterValue, RegisterFileError> {
         use RegisterValue::{Segment as Seg, Table, U64, U128, U256, U512};
-        let n = name.0;
-        let vector = |base: RegisterName| (n - base.0) as usize;
         Ok(match name {
-            _ if n < 16 => U64(self.gpr[n as usize]),
             RegisterName::RIP => U64(self.rip),
             RegisterName::RFLAGS => U64(self.rflags),
-            _ if (RegisterName::ES.0..=RegisterName::GS.0).contains(&n) => {
-                Seg(self.segments[(n - RegisterName::ES.0) as usize])
-            }
             RegisterName::LDTR => Seg(self.ldtr),
             RegisterName::TR => Seg(self.tr),
             RegisterName::IDTR => Table(self.idtr),
             RegisterName::GDTR => Table(self.gdtr),
-            _ if (RegisterName::CR0.0..=RegisterName::CR8.0).contains(&n) => {
-                U64(self.cr[(n - RegisterName::CR0.0) as usize])
-            }
-            _ if (RegisterName::DR0.0..=RegisterName::DR7.0).contains(&n) => {
-                U64(self.dr[(n - RegisterName::DR0.0) as usize])
-            }
-            _ if (RegisterName::XMM0.0..RegisterName::XMM0.0 + 16).contains(&n) => {
-                U128(self.xmm[(n - RegisterName::XMM0.0) as usize])
-            }
-            _ if (RegisterName::XMM16.0..RegisterName::XMM16.0 + 16).contains(&n) => {
-                U128(self.hi16_zmm[vector(RegisterName::XMM16)][0])
-            }
-            _ if (RegisterName::YMM0.0..RegisterName::YMM0.0 + 32).contains(&n) => {
-                let mut b = [0u8; 32];
-                b.copy_from_slice(&self.vector(vector(RegisterName::YMM0))[..32]);
-                U256(b)
-            }
-            _ if (RegisterName::ZMM0.0..RegisterName::ZMM0.0 + 32).contains(&n) => {
-                U512(self.vector(vector(RegisterName::ZMM0)))
-            }
-            _ if (RegisterName::K0.0..RegisterName::K0.0 + 8).contains(&n) => {
-                U64(self.opmask[vector(RegisterName::K0)])
-            }
-            _ if (RegisterName::FP_MMX0.0..RegisterName::FP_MMX0.0 + 8).contains(&n) => {
-                U128(self.fp_mmx[vector(RegisterName::FP_MMX0)])
-            }
             RegisterName::FP_CONTROL_STATUS => U128(self.fp_control_status),
             RegisterName::XMM_CONTROL_STATUS => U128(self.xmm_control_status),
             RegisterName::XCR0 => U64(self.xcr0),
             RegisterName::EFER => U64(self.efer),
-            _ if (RegisterName::PENDING_INTERRUPTION.0..=RegisterName::PENDING_EVENT.0)
-                .contains(&n) =>
-            {
-                U128(self.pending[(n - RegisterName::PENDING_INTERRUPTION.0) as usize])
+            _ => {
+                if let Some(&v) = entry(&self.gpr, RegisterName::RAX, name) {
+                    U64(v)
+                } else if let Some(&s) = entry(&self.segments, RegisterName::ES, name) {
+                    Seg(s)
+                } else if let Some(&v) = entry(&self.cr, RegisterName::CR0, name) {
+                    U64(v)
+                } else if let Some(&v) = entry(&self.dr, RegisterName::DR0, name) {
+                    U64(v)
+                } else if let Some(&v) = entry(&self.xmm, RegisterName::XMM0, name) {
+                    U128(v)
+                } else if let Some(&[low, ..]) = entry(&self.hi16_zmm, RegisterName::XMM16, name) {
+                    U128(low)
+                } else if let Some(n) = index_in(RegisterName::YMM0, 32, name) {
+                    let mut b = [0u8; 32];
+                    for (dst, src) in b.iter_mut().zip(self.vector(n)) {
+                        *dst = src;
+                    }
+                    U256(b)
+                } else if let Some(n) = index_in(RegisterName::ZMM0, 32, name) {
+                    U512(self.vector(n))
+                } else if let Some(&v) = entry(&self.opmask, RegisterName::K0, name) {
+                    U64(v)
+                } else if let Some(&v) = entry(&self.fp_mmx, RegisterName::FP_MMX0, name) {
+                    U128(v)
+                } else if let Some(&v) =
+                    entry(&self.pending, RegisterName::PENDING_INTERRUPTION, name)
+                {
+                    U128(v)
+                } else {
+                    return Err(RegisterFileError::UnknownRegister(name));
+                }
             }
-            _ => return Err(RegisterFileError::UnknownRegister(name)),
         })
     }
 
@@ -327,43 +354,57 @@ impl RegisterFile {
         if core::mem::discriminant(&self.read(name)?) != core::mem::discriminant(&value) {
             return Err(wrong);
         }
-        let n = name.0;
-        let index = |base: RegisterName| (n - base.0) as usize;
-        let in_block = |base: RegisterName, count: u32| (base.0..base.0 + count).contains(&n);
+        // `read` found the name, and of this kind: one of the slots below holds it.
         match value {
-            RegisterValue::U64(v) => match name {
-                _ if n < 16 => self.gpr[n as usize] = v,
-                RegisterName::RIP => self.rip = v,
-                RegisterName::RFLAGS => self.rflags = v,
-                RegisterName::EFER => self.efer = v,
-                RegisterName::XCR0 => self.xcr0 = v,
-                _ if in_block(RegisterName::K0, 8) => self.opmask[index(RegisterName::K0)] = v,
-                _ if (RegisterName::CR0.0..=RegisterName::CR8.0).contains(&n) => {
-                    self.cr[(n - RegisterName::CR0.0) as usize] = v
+            RegisterValue::U64(v) => {
+                let slot = match name {
+                    RegisterName::RIP => Some(&mut self.rip),
+                    RegisterName::RFLAGS => Some(&mut self.rflags),
+                    RegisterName::EFER => Some(&mut self.efer),
+                    RegisterName::XCR0 => Some(&mut self.xcr0),
+                    _ => entry_mut(&mut self.gpr, RegisterName::RAX, name)
+                        .or(entry_mut(&mut self.opmask, RegisterName::K0, name))
+                        .or(entry_mut(&mut self.cr, RegisterName::CR0, name))
+                        .or(entry_mut(&mut self.dr, RegisterName::DR0, name)),
+                };
+                if let Some(slot) = slot {
+                    *slot = v;
                 }
-                _ => self.dr[(n - RegisterName::DR0.0) as usize] = v,
-            },
-            RegisterValue::U128(v) => match name {
-                RegisterName::FP_CONTROL_STATUS => self.fp_control_status = v,
-                RegisterName::XMM_CONTROL_STATUS => self.xmm_control_status = v,
-                _ if n >= RegisterName::PENDING_INTERRUPTION.0 => {
-                    self.pending[(n - RegisterName::PENDING_INTERRUPTION.0) as usize] = v;
+            }
+            RegisterValue::U128(v) => {
+                let slot = match name {
+                    RegisterName::FP_CONTROL_STATUS => Some(&mut self.fp_control_status),
+                    RegisterName::XMM_CONTROL_STATUS => Some(&mut self.xmm_control_status),
+                    _ => entry_mut(&mut self.pending, RegisterName::PENDING_INTERRUPTION, name)
+                        .or(entry_mut(&mut self.fp_mmx, RegisterName::FP_MMX0, name))
+                        .or(entry_mut(&mut self.hi16_zmm, RegisterName::XMM16, name)
+                            .map(|[low, ..]| low))
+                        .or(entry_mut(&mut self.xmm, RegisterName::XMM0, name)),
+                };
+                if let Some(slot) = slot {
+                    *slot = v;
                 }
-                _ if in_block(RegisterName::FP_MMX0, 8) => {
-                    self.fp_mmx[index(RegisterName::FP_MMX0)] = v
+            }
+            RegisterValue::U256(b) => {
+                if let Some(n) = index_in(RegisterName::YMM0, 32, name) {
+                    self.set_vector_low(n, &b);
                 }
-                _ if in_block(RegisterName::XMM16, 16) => {
-                    self.hi16_zmm[index(RegisterName::XMM16)][0] = v
+            }
+            RegisterValue::U512(b) => {
+                if let Some(n) = index_in(RegisterName::ZMM0, 32, name) {
+                    self.set_vector(n, &b);
                 }
-                _ => self.xmm[(n - RegisterName::XMM0.0) as usize] = v,
-            },
-            RegisterValue::U256(b) => self.set_vector_low(index(RegisterName::YMM0), &b),
-            RegisterValue::U512(b) => self.set_vector(index(RegisterName::ZMM0), &b),
-            RegisterValue::Segment(s) => match name {
-                RegisterName::LDTR => self.ldtr = s,
-                RegisterName::TR => self.tr = s,
-                _ => self.segments[(n - RegisterName::ES.0) as usize] = s,
-            },
+            }
+            RegisterValue::Segment(s) => {
+                let slot = match name {
+                    RegisterName::LDTR => Some(&mut self.ldtr),
+                    RegisterName::TR => Some(&mut self.tr),
+                    _ => entry_mut(&mut self.segments, RegisterName::ES, name),
+                };
+                if let Some(slot) = slot {
+                    *slot = s;
+                }
+            }
             RegisterValue::Table(t) => match name {
                 RegisterName::IDTR => self.idtr = t,
                 _ => self.gdtr = t,
@@ -371,4 +412,20 @@ impl RegisterFile {
         }
         Ok(())
     }
+}
+
+/// `name`'s position in the `count` consecutive names from `first`, if it is one of them.
+fn index_in(first: RegisterName, count: usize, name: RegisterName) -> Option<usize> {
+    let index = usize::try_from(name.0.checked_sub(first.0)?).ok()?;
+    (index < count).then_some(index)
+}
+
+/// The entry of `block`, which holds the registers named from `first` on, that `name` names.
+fn entry<T>(block: &[T], first: RegisterName, name: RegisterName) -> Option<&T> {
+    block.get(index_in(first, block.len(), name)?)
+}
+
+/// [`entry`], for writing.
+fn entry_mut<T>(block: &mut [T], first: RegisterName, name: RegisterName) -> Option<&mut T> {
+    block.get_mut(index_in(first, block.len(), name)?)
 }
