@@ -53,17 +53,19 @@ impl core::fmt::Debug for RegisterName {
             "LDTR", "TR", "IDTR", "GDTR", "CR0", "CR2", "CR3", "CR4", "CR8", "DR0", "DR1", "DR2",
             "DR3", "DR6", "DR7",
         ];
+        // Each numbered block starts at a multiple of its length, so the register's number
+        // within the block is the low bits of the name.
         match LOW.get(self.0 as usize) {
             Some(name) => f.write_str(name),
-            None if (0x1000..0x1010).contains(&self.0) => write!(f, "XMM{}", self.0 - 0x1000),
-            None if (0x1010..0x1018).contains(&self.0) => write!(f, "FP_MMX{}", self.0 - 0x1010),
+            None if (0x1000..0x1010).contains(&self.0) => write!(f, "XMM{}", self.0 & 0xF),
+            None if (0x1010..0x1018).contains(&self.0) => write!(f, "FP_MMX{}", self.0 & 0x7),
             None if *self == Self::XCR0 => f.write_str("XCR0"),
             None if *self == Self::FP_CONTROL_STATUS => f.write_str("FP_CONTROL_STATUS"),
             None if *self == Self::XMM_CONTROL_STATUS => f.write_str("XMM_CONTROL_STATUS"),
-            None if (0x1_0010..0x1_0020).contains(&self.0) => write!(f, "XMM{}", self.0 - 0x1_0000),
-            None if (0x1_0100..0x1_0120).contains(&self.0) => write!(f, "YMM{}", self.0 - 0x1_0100),
-            None if (0x1_0200..0x1_0220).contains(&self.0) => write!(f, "ZMM{}", self.0 - 0x1_0200),
-            None if (0x1_0300..0x1_0308).contains(&self.0) => write!(f, "K{}", self.0 - 0x1_0300),
+            None if (0x1_0010..0x1_0020).contains(&self.0) => write!(f, "XMM{}", self.0 & 0x1F),
+            None if (0x1_0100..0x1_0120).contains(&self.0) => write!(f, "YMM{}", self.0 & 0x1F),
+            None if (0x1_0200..0x1_0220).contains(&self.0) => write!(f, "ZMM{}", self.0 & 0x1F),
+            None if (0x1_0300..0x1_0308).contains(&self.0) => write!(f, "K{}", self.0 & 0x7),
             None if *self == Self::EFER => f.write_str("EFER"),
             None => write!(f, "RegisterName({:#x})", self.0),
         }
@@ -152,9 +154,20 @@ impl RegisterName {
     pub const INTERRUPT_STATE: Self = Self(0x8000_0001);
     pub const PENDING_EVENT: Self = Self(0x8000_0002);
 
+    /// Register `n` of the `count` consecutively numbered ones from `first`.
+    const fn nth(first: Self, count: u8, n: u8) -> Option<Self> {
+        if n >= count {
+            return None;
+        }
+        match first.0.checked_add(n as u32) {
+            Some(name) => Some(Self(name)),
+            None => None,
+        }
+    }
+
     /// The general-purpose register with hardware number `n` (0 = RAX … 15 = R15).
     pub const fn gpr(n: u8) -> Option<Self> {
-        if n < 16 { Some(Self(n as u32)) } else { None }
+        Self::nth(Self::RAX, 16, n)
     }
 
     /// XMM register `n`: 0..=15 are the platform's names, 16..=31 hvemu's extension.
@@ -166,54 +179,42 @@ impl RegisterName {
     /// assert_eq!(RegisterName::xmm(32), None);
     /// ```
     pub const fn xmm(n: u8) -> Option<Self> {
-        if n < 16 {
-            Some(Self(Self::XMM0.0 + n as u32))
-        } else if n < 32 {
-            Some(Self(Self::XMM16.0 + (n - 16) as u32))
-        } else {
-            None
+        match n.checked_sub(16) {
+            None => Self::nth(Self::XMM0, 16, n),
+            Some(upper) => Self::nth(Self::XMM16, 16, upper),
         }
     }
 
     /// YMM register `n` (0..=31; hvemu extension).
     pub const fn ymm(n: u8) -> Option<Self> {
-        if n < 32 {
-            Some(Self(Self::YMM0.0 + n as u32))
-        } else {
-            None
-        }
+        Self::nth(Self::YMM0, 32, n)
     }
 
     /// ZMM register `n` (0..=31; hvemu extension).
     pub const fn zmm(n: u8) -> Option<Self> {
-        if n < 32 {
-            Some(Self(Self::ZMM0.0 + n as u32))
-        } else {
-            None
-        }
+        Self::nth(Self::ZMM0, 32, n)
     }
 
     /// Opmask register `n` (0..=7; hvemu extension).
     pub const fn opmask(n: u8) -> Option<Self> {
-        if n < 8 {
-            Some(Self(Self::K0.0 + n as u32))
-        } else {
-            None
-        }
+        Self::nth(Self::K0, 8, n)
     }
 
     /// x87/MMX register `n` (0..=7), the platform's FP_MMX0..7.
     pub const fn fp_mmx(n: u8) -> Option<Self> {
-        if n < 8 {
-            Some(Self(Self::FP_MMX0.0 + n as u32))
-        } else {
-            None
-        }
+        Self::nth(Self::FP_MMX0, 8, n)
     }
 
     /// The segment register for `seg` (ES, CS, SS, DS, FS, GS).
     pub const fn segment(seg: Segment) -> Self {
-        Self(Self::ES.0 + seg as u32)
+        match seg {
+            Segment::Es => Self::ES,
+            Segment::Cs => Self::CS,
+            Segment::Ss => Self::SS,
+            Segment::Ds => Self::DS,
+            Segment::Fs => Self::FS,
+            Segment::Gs => Self::GS,
+        }
     }
 }
 
