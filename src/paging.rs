@@ -111,7 +111,7 @@ impl PagingRegisters {
             36..=52 => self.max_phys_bits,
             _ => 52,
         };
-        ((1u64 << bits) - 1) & !0xFFF
+        !(u64::MAX << bits) & !0xFFF
     }
 }
 
@@ -249,9 +249,15 @@ fn walk_pae_or_long<M: GuestPhysical + ?Sized>(
         entries: [(0, 0, 0); 5],
         len: 0,
     };
-    let (mut table, mut level) = if long {
-        let levels = if regs.cr4 & CR4_LA57 != 0 { 5 } else { 4 };
-        (regs.cr3 & phys, levels)
+    // The linear-address bit each level's index starts at, root first: one level per entry,
+    // the last (12) the page table's.
+    let (mut table, shifts): (u64, &[u32]) = if long {
+        let shifts: &[u32] = if regs.cr4 & CR4_LA57 != 0 {
+            &[48, 39, 30, 21, 12]
+        } else {
+            &[39, 30, 21, 12]
+        };
+        (regs.cr3 & phys, shifts)
     } else {
         // PAE: the four PDPTEs (cached by the processor at CR3 load; read here).
         let pdpte_gpa = (regs.cr3 & 0xFFFF_FFE0) | (((gva >> 30) & 3) << 3);
@@ -264,10 +270,9 @@ fn walk_pae_or_long<M: GuestPhysical + ?Sized>(
             return Ok((TranslateGvaResult::InvalidPageTableFlags, 0));
         }
         // PDPTEs carry no R/W, U/S or A bits: they do not take part in the checks.
-        (pdpte & phys, 2)
+        (pdpte & phys, &[21, 12])
     };
-    loop {
-        let shift = 12 + 9 * (level - 1);
+    for &shift in shifts {
         let index = (gva >> shift) & 0x1FF;
         let entry_gpa = table | (index << 3);
         let entry = read_entry(mem, entry_gpa, 8)?;
@@ -276,24 +281,26 @@ fn walk_pae_or_long<M: GuestPhysical + ?Sized>(
         }
         let large = entry & PS != 0;
         // PS is reserved at the PML5E/PML4E levels; 1 GiB pages only in long mode.
-        let bad_ps = large && (level >= 4 || (level == 3 && !long));
+        let bad_ps = large && (shift >= 39 || (shift == 30 && !long));
         if entry & reserved != 0 || bad_ps {
             return Ok((TranslateGvaResult::InvalidPageTableFlags, 0));
         }
         path.push(entry_gpa, entry, 8);
-        if level == 1 || large {
-            let page_size = 1u64 << shift;
-            let base = entry & phys & !(page_size - 1);
+        if shift == 12 || large {
+            // The offset bits within the page.
+            let offset = !(u64::MAX << shift);
+            let base = entry & phys & !offset;
             // A large page's address bits below its size (bit 12 is PAT) must be zero.
-            if large && entry & phys & (page_size - 1) & !0x1FFF != 0 {
+            if large && entry & phys & offset & !0x1FFF != 0 {
                 return Ok((TranslateGvaResult::InvalidPageTableFlags, 0));
             }
-            let gpa = base | (gva & (page_size - 1) & !0xFFF);
+            let gpa = base | (gva & offset & !0xFFF);
             return finish(mem, regs, &path, access, set_bits, gpa, nxe);
         }
         table = entry & phys;
-        level -= 1;
     }
+    // Not reached: the page table's entries (the last level) always end the walk.
+    Ok((TranslateGvaResult::PageNotPresent, 0))
 }
 
 /// Permission checks over the whole path, then the accessed/dirty updates.
@@ -351,13 +358,22 @@ fn pkey_denies(regs: &PagingRegisters, path: &Path, access: Access) -> bool {
         return false;
     };
     let key = ((leaf >> 59) & 0xF) as u32;
-    let ad = regs.pkru >> (2 * key) & 1 != 0;
-    let wd = regs.pkru >> (2 * key + 1) & 1 != 0;
+    // PKRU holds two bits per key: AD at bit 2·key, WD at bit 2·key + 1.
+    let rights = regs.pkru >> (key << 1);
+    let ad = rights & 1 != 0;
+    let wd = rights & 2 != 0;
     let wd_applies = access.user || regs.cr0 & CR0_WP != 0;
     ad || (access.write && wd && wd_applies)
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 mod tests {
     extern crate std;
     use std::vec;
