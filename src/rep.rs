@@ -66,7 +66,7 @@ pub(crate) fn run<C: EmulatorCallbacks>(
     let mut count = cpu.gpr(gpr::RCX)? & address_mask(address_size);
     let budget = cpu.rep_budget;
     let mut done = 0u32;
-    while count != 0 {
+    while let Some(remaining) = count.checked_sub(1) {
         if done >= budget {
             return Ok(Progress::Partial);
         }
@@ -77,8 +77,9 @@ pub(crate) fn run<C: EmulatorCallbacks>(
                 Ok(Progress::Partial)
             };
         }
-        done += 1;
-        count -= 1;
+        // Below `budget`, a u32: cannot saturate.
+        done = done.saturating_add(1);
+        count = remaining;
         cpu.set_gpr_sized(gpr::RCX, count, address_size)?;
         let zf = cpu.state.rflags & RFLAGS_ZF != 0;
         match repeat {

@@ -28,7 +28,7 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
             }
             .into()
         };
-        let last = u64::try_from(len.max(1) - 1).unwrap_or(0);
+        let last = u64::try_from(len.saturating_sub(1)).unwrap_or(0);
         let linear = if self.state.mode == Mode::Long {
             let base = match seg {
                 Segment::Fs | Segment::Gs => self.segment(seg)?.base,
@@ -100,7 +100,7 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
         if !armed || intent == Intent::Execute || !matches!(len, 2 | 4 | 8) {
             return Ok(());
         }
-        let misaligned = linear & (u64::try_from(len).unwrap_or(1) - 1) != 0;
+        let misaligned = linear & u64::try_from(len).unwrap_or(1).saturating_sub(1) != 0;
         if misaligned {
             Err(Exception {
                 vector: crate::error::Vector::AlignmentCheck,
@@ -116,11 +116,20 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
 
 /// Whether `addr` is canonical for a `width`-bit linear address space.
 pub(crate) fn canonical(addr: u64, width: u32) -> bool {
-    let shift = 64 - width;
-    ((addr << shift) as i64 >> shift) as u64 == addr
+    // Callers pass 48 or 57 (a shift of 16 or 7); the saturating and wrapping forms keep
+    // any other width from panicking.
+    let shift = 64u32.saturating_sub(width);
+    (addr.wrapping_shl(shift) as i64).wrapping_shr(shift) as u64 == addr
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 mod tests {
     use super::canonical;
 
