@@ -112,12 +112,15 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
             return Err(Exception::gp(0).into());
         }
         let map_base = u64::from(self.read_system_u16(tr.base.wrapping_add(0x66))?);
-        let byte = map_base + u64::from(port / 8);
-        if byte + 1 > limit {
+        // The map's base and the port's byte in it are 16-bit: the sum cannot overflow.
+        let byte = map_base.saturating_add(u64::from(port / 8));
+        // The bitmap read takes two bytes, `byte` and `byte + 1`: both must be within the limit.
+        if byte >= limit {
             return Err(Exception::gp(0).into());
         }
         let bits = self.read_system_u16(tr.base.wrapping_add(byte))?;
-        let mask = ((1u32 << size) - 1) << (port % 8);
+        // `size` (1, 2 or 4) ones, at the port's bit.
+        let mask = !(u32::MAX << size) << (port % 8);
         if u32::from(bits) & mask != 0 {
             return Err(Exception::gp(0).into());
         }

@@ -143,12 +143,11 @@ pub(crate) fn read_modify_write<C: EmulatorCallbacks>(
     let m = mask(size);
     if locked {
         let mut expected = guess & m;
-        let mut attempts = 0;
+        let mut attempts = 0..LOCKED_ATTEMPTS;
         loop {
-            if attempts >= LOCKED_ATTEMPTS {
+            if attempts.next().is_none() {
                 return Ok(Rmw::Contended);
             }
-            attempts += 1;
             let new = update(expected) & m;
             let (expected_bytes, new_bytes) = (expected.to_le_bytes(), new.to_le_bytes());
             let mut current = [0u8; 16];
@@ -248,7 +247,8 @@ pub(super) fn run<C: EmulatorCallbacks>(
                 [Register::EAX, Register::EDX, Register::EBX, Register::ECX]
             };
             let [lo, hi, new_lo, new_hi] = regs;
-            let shift = 8 * half as u32;
+            // The high half sits above the low one: 64 bits for CMPXCHG16B, 32 for CMPXCHG8B.
+            let shift = if half == 8 { 64 } else { 32 };
             let join = |low: u64, high: u64| u128::from(low) | (u128::from(high) << shift);
             let expected = join(cpu.read_reg(lo)?, cpu.read_reg(hi)?);
             let new = join(cpu.read_reg(new_lo)?, cpu.read_reg(new_hi)?);
@@ -270,6 +270,13 @@ pub(super) fn run<C: EmulatorCallbacks>(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 mod tests {
     extern crate std;
 
