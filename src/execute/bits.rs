@@ -197,7 +197,9 @@ fn zero_count(src: u64, count: u32, vendor: Vendor) -> Scan {
 impl ScanOp for Lzcnt {
     fn apply(src: u64, size: usize, vendor: Vendor) -> Scan {
         let src = src & width_mask(size);
-        let count = src.leading_zeros().saturating_sub(64 - width(size));
+        // The 64-bit count includes the bits above the operand (all zero after the mask).
+        let above = 64u32.saturating_sub(width(size));
+        let count = src.leading_zeros().saturating_sub(above);
         zero_count(src, count, vendor)
     }
 }
@@ -282,7 +284,7 @@ fn bit_base(mem: MemRef, offset: u64, size: usize, instr: &Instruction) -> (MemR
         seg: mem.seg,
         offset: mem.offset.wrapping_add(displacement) & address_mask(memory_address_size(instr)),
     };
-    (moved, (offset as u32) & (bits - 1))
+    (moved, (offset as u32) & bits.saturating_sub(1))
 }
 
 /// The bit-test routine: find the word and bit, read (and for BTS/BTR/BTC write) the word, CF
@@ -302,7 +304,10 @@ pub(crate) fn run_test<O: BitTestOp, C: EmulatorCallbacks>(
             let offset = cpu.read_reg(instr.op1_register())?;
             bit_base(mem, offset, size, instr)
         }
-        OpKind::Immediate8 => (mem, (instr.immediate(1) as u32) & (width(size) - 1)),
+        OpKind::Immediate8 => (
+            mem,
+            (instr.immediate(1) as u32) & width(size).saturating_sub(1),
+        ),
         _ => return Err(unsupported(instr)),
     };
     let intent = if O::WRITES {
@@ -361,6 +366,13 @@ pub(crate) fn run_scan<O: ScanOp, C: EmulatorCallbacks>(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 mod tests {
     use super::*;
 

@@ -110,7 +110,8 @@ fn quotient_flags(vendor: Vendor) -> (u64, u64) {
 impl WideOp for Mul {
     fn apply(low: u64, _: u64, src: u64, size: usize, vendor: Vendor) -> Result<Wide, DivideError> {
         let mask = width_mask(size);
-        let product = u128::from(low & mask) * u128::from(src & mask);
+        // Two 64-bit factors: the 128-bit product never wraps.
+        let product = u128::from(low & mask).wrapping_mul(u128::from(src & mask));
         let low = product as u64 & mask;
         let high = (product >> width(size)) as u64 & mask;
         let (flags, changed) = product_flags(low, high != 0, size, vendor);
@@ -175,15 +176,14 @@ impl WideOp for Idiv {
     ) -> Result<Wide, DivideError> {
         let mask = width_mask(size);
         let bits = width(size);
-        // The 2n-bit dividend, sign-extended from bit 2n-1.
-        let raw = (u128::from(high & mask) << bits) | u128::from(low & mask);
-        let shift = 128 - 2 * bits;
-        let dividend = ((raw << shift) as i128) >> shift;
+        // The 2n-bit dividend, sign-extended from bit 2n-1: the high half sign-extended, shifted
+        // over the low half.
+        let dividend = (signed(high, size) << bits) | i128::from(low & mask);
         let divisor = signed(src, size);
         let quotient = dividend.checked_div(divisor).ok_or(DivideError)?;
         let remainder = dividend.checked_rem(divisor).ok_or(DivideError)?;
-        let max = (1i128 << (bits - 1)) - 1;
-        if quotient > max || quotient < -max - 1 {
+        // The quotient must fit the n-bit signed destination.
+        if signed(quotient as u64, size) != quotient {
             return Err(DivideError);
         }
         let (flags, changed) = quotient_flags(vendor);
@@ -334,6 +334,13 @@ fn run_truncating<C: EmulatorCallbacks>(cpu: &mut Cpu<'_, C>, instr: &Instructio
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 mod tests {
     use super::*;
 
