@@ -91,6 +91,11 @@ pub(crate) struct Shld;
 /// SHRD.
 pub(crate) struct Shrd;
 
+// Shift amounts below are differences of counts and widths, computed with `wrapping_sub`: each
+// is either in range by its branch's condition, or goes to `bit`, `checked_shl` or
+// `checked_shr`, which take an amount beyond the width (a wrapped one included) as shifting
+// every bit out.
+
 /// Bit `i` of `v` (false beyond bit 63).
 fn bit(v: u64, i: u32) -> bool {
     v.checked_shr(i).is_some_and(|x| x & 1 != 0)
@@ -106,9 +111,25 @@ fn width(size: usize) -> u32 {
     }
 }
 
+/// The period of RCL and RCR: the operand width plus CF.
+fn carry_period(size: usize) -> u32 {
+    match size {
+        1 => 9,
+        2 => 17,
+        4 => 33,
+        _ => 65,
+    }
+}
+
+/// `count` modulo `period` (a width or a carry period, never 0).
+fn modulo(count: u32, period: u32) -> u32 {
+    count.checked_rem(period).unwrap_or(0)
+}
+
 /// The two top bits of a result XORed: OF of SHR, ROR, RCR and SHRD.
 fn top_two_differ(result: u64, size: usize) -> bool {
-    bit(result, width(size) - 1) != bit(result, width(size) - 2)
+    let msb = top_bit(size);
+    (result & msb != 0) != (result & (msb >> 1) != 0)
 }
 
 /// AF after a shift: undefined; AMD sets it, the Intel setting clears it.
@@ -183,7 +204,7 @@ impl ShiftOp for Rol {
     const DOUBLE: bool = false;
     fn apply(v: u64, _: u64, count: u32, _: u64, size: usize, _: Vendor) -> Update {
         let n = width(size);
-        let result = rotate_left(v, count % n, size);
+        let result = rotate_left(v, modulo(count, n), size);
         let cf = result & 1 != 0;
         rotated(result, cf, cf != (result & top_bit(size) != 0))
     }
@@ -193,7 +214,8 @@ impl ShiftOp for Ror {
     const DOUBLE: bool = false;
     fn apply(v: u64, _: u64, count: u32, _: u64, size: usize, _: Vendor) -> Update {
         let n = width(size);
-        let result = rotate_left(v, (n - count % n) % n, size);
+        // Right by r is left by (n − r) mod n.
+        let result = rotate_left(v, modulo(n.wrapping_sub(modulo(count, n)), n), size);
         let cf = result & top_bit(size) != 0;
         rotated(result, cf, top_two_differ(result, size))
     }
@@ -202,13 +224,13 @@ impl ShiftOp for Ror {
 /// The (n+1)-bit quantity CF:value rotated left by `r` (`r` ≤ n); returns (value, CF).
 fn rotate_through_carry(v: u64, carry: bool, r: u32, size: usize) -> (u64, bool) {
     let n = width(size);
-    let period = n + 1;
-    let all = (1u128 << period) - 1;
+    let period = carry_period(size);
+    let all = !(u128::MAX << period);
     let x = (u128::from(carry) << n) | u128::from(v & width_mask(size));
     let x = if r == 0 {
         x
     } else {
-        ((x << r) | (x >> (period - r))) & all
+        ((x << r) | x.checked_shr(period.wrapping_sub(r)).unwrap_or(0)) & all
     };
     ((x as u64) & width_mask(size), (x >> n) & 1 != 0)
 }
@@ -222,12 +244,16 @@ fn rotate_carry(
     vendor: Vendor,
     left: bool,
 ) -> Update {
-    let period = width(size) + 1;
-    let r = count % period;
+    let period = carry_period(size);
+    let r = modulo(count, period);
     if r == 0 && vendor == Vendor::Intel {
         return Update::nothing(v & width_mask(size));
     }
-    let r = if left { r } else { (period - r) % period };
+    let r = if left {
+        r
+    } else {
+        modulo(period.wrapping_sub(r), period)
+    };
     let (result, cf) = rotate_through_carry(v, rflags & CF != 0, r, size);
     let of = if left {
         cf != (result & top_bit(size) != 0)
@@ -259,22 +285,23 @@ impl ShiftOp for Shld {
         let (v, src) = (v & mask, src & mask);
         let (result, cf) = if count < n {
             let result = (v.checked_shl(count).unwrap_or(0)
-                | src.checked_shr(n - count).unwrap_or(0))
+                | src.checked_shr(n.wrapping_sub(count)).unwrap_or(0))
                 & mask;
-            (result, bit(v, n - count))
+            (result, bit(v, n.wrapping_sub(count)))
         } else if count == n {
             // Only a 16-bit operand gets here (count ≤ 31): the source replaces it.
             (src, bit(v, 0))
         } else {
-            let k = count - 16;
+            let k = count.wrapping_sub(16);
             match vendor {
                 // The source rotated by count-16; CF cleared.
                 Vendor::Amd => (rotate_left(src, k % 16, 2), false),
                 // destination:source:destination shifted left, the top 16 bits kept.
                 Vendor::Intel => (
-                    (src.checked_shl(k).unwrap_or(0) | v.checked_shr(32 - count).unwrap_or(0))
+                    (src.checked_shl(k).unwrap_or(0)
+                        | v.checked_shr(32u32.wrapping_sub(count)).unwrap_or(0))
                         & mask,
-                    bit(src, 32 - count),
+                    bit(src, 32u32.wrapping_sub(count)),
                 ),
             }
         };
@@ -295,20 +322,21 @@ impl ShiftOp for Shrd {
         let (v, src) = (v & mask, src & mask);
         let (result, cf) = if count < n {
             let result = (v.checked_shr(count).unwrap_or(0)
-                | src.checked_shl(n - count).unwrap_or(0))
+                | src.checked_shl(n.wrapping_sub(count)).unwrap_or(0))
                 & mask;
-            (result, bit(v, count - 1))
+            (result, bit(v, count.wrapping_sub(1)))
         } else if count == n {
-            (src, bit(v, n - 1))
+            (src, bit(v, n.wrapping_sub(1)))
         } else {
-            let k = count - 16;
+            let k = count.wrapping_sub(16);
             match vendor {
-                Vendor::Amd => (rotate_left(src, (16 - k % 16) % 16, 2), false),
+                Vendor::Amd => (rotate_left(src, 16u32.wrapping_sub(k % 16) % 16, 2), false),
                 // destination:source:destination shifted right, the low 16 bits kept.
                 Vendor::Intel => (
-                    (src.checked_shr(k).unwrap_or(0) | v.checked_shl(32 - count).unwrap_or(0))
+                    (src.checked_shr(k).unwrap_or(0)
+                        | v.checked_shl(32u32.wrapping_sub(count)).unwrap_or(0))
                         & mask,
-                    bit(src, count - 17),
+                    bit(src, count.wrapping_sub(17)),
                 ),
             }
         };
@@ -423,6 +451,13 @@ pub(crate) fn run_op<O: ShiftOp, C: EmulatorCallbacks>(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 mod tests {
     use super::*;
     use crate::execute::flags::{PF, SF, ZF};
@@ -655,6 +690,13 @@ mod tests {
 /// The five integer families of this change (bits, shifts, multiply/divide, conditional,
 /// MOVBE/MOVNTI) over iced-x86's codes.
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 mod forms {
     extern crate std;
 
