@@ -64,6 +64,8 @@
 //!   store, a mask on the forms that take none and EVEX broadcast on a move (the processor
 //!   raises #UD), so such bytes are reported as undecodable.
 
+use core::num::NonZeroUsize;
+
 use iced_x86::{Code, Instruction, OpKind, Register};
 
 use super::unsupported;
@@ -385,6 +387,20 @@ const MMX_HIGH_ONES: u128 = 0xFFFF << 64;
 /// FP_CONTROL_STATUS: FSW.TOP (FSW bits 11–13) and the abridged tag byte.
 const FPCS_TOP: u128 = 0b111 << (16 + 11);
 const FPCS_TAGS: u128 = 0xFF << 32;
+/// FP_MMX0..7, the x87/MMX registers in physical order.
+const FP_MMX: [RegisterName; 8] = {
+    let first = RegisterName::FP_MMX0.0;
+    [
+        RegisterName(first),
+        RegisterName(first + 1),
+        RegisterName(first + 2),
+        RegisterName(first + 3),
+        RegisterName(first + 4),
+        RegisterName(first + 5),
+        RegisterName(first + 6),
+        RegisterName(first + 7),
+    ]
+};
 
 /// The view of vector register `n` that is `width` bytes wide.
 fn view(n: u8, width: usize) -> Option<RegisterName> {
@@ -504,21 +520,26 @@ const MAX_RUNS: usize = 32;
 fn runs(size: usize, element: usize, mask: u64) -> heapless::Vec<Run, MAX_RUNS> {
     let mut out: heapless::Vec<Run, MAX_RUNS> = heapless::Vec::new();
     let count = size.checked_div(element).unwrap_or(0).min(64);
-    let mut i = 0;
-    while i < count {
-        if mask >> i & 1 == 0 {
-            i += 1;
-            continue;
+    // The first element of the run being collected.
+    let mut first = None;
+    // One step past the last element closes the last run.
+    for i in 0..=count {
+        let selected = i < count && mask >> i & 1 != 0;
+        match (first, selected) {
+            (None, true) => first = Some(i),
+            (Some(f), false) => {
+                first = None;
+                // Cannot overflow: f < i ≤ count, and count × element ≤ size.
+                #[allow(clippy::arithmetic_side_effects)]
+                let run = Run {
+                    start: f * element,
+                    len: (i - f) * element,
+                };
+                // Runs are separated by at least one masked-out element: at most 32 of them.
+                let _ = out.push(run);
+            }
+            _ => {}
         }
-        let first = i;
-        while i < count && mask >> i & 1 != 0 {
-            i += 1;
-        }
-        // Runs are separated by at least one masked-out element: at most 32 of them.
-        let _ = out.push(Run {
-            start: first * element,
-            len: (i - first) * element,
-        });
     }
     out
 }
@@ -660,7 +681,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
     let (runs, mask) = plan(cpu, instr, op)?;
 
     // Alignment, then segmentation and translation of every run, then the accesses.
-    if op.aligned && operand_linear(cpu, mem)? % u64::from(op.size) != 0 {
+    if op.aligned && operand_linear(cpu, mem)?.checked_rem(u64::from(op.size)) != Some(0) {
         return Err(Exception::gp(0).into());
     }
     let intent = match op.dir {
@@ -683,18 +704,19 @@ pub(super) fn run<C: EmulatorCallbacks>(
     let mut data = [0u8; 64];
     match op.dir {
         Dir::Store => {
-            if let (Some(src), Some(dst)) = (reg_bytes.get(at..at + size), data.get_mut(..size)) {
+            let src = reg_bytes.get(at..).and_then(|b| b.get(..size));
+            if let (Some(src), Some(dst)) = (src, data.get_mut(..size)) {
                 dst.copy_from_slice(src);
             }
             for (span, r) in &spans {
-                if let Some(bytes) = data.get(r.start..r.start + r.len) {
+                if let Some(bytes) = data.get(r.start..).and_then(|b| b.get(..r.len)) {
                     cpu.write_span(span, bytes)?;
                 }
             }
         }
         Dir::Load => {
             for (span, r) in &spans {
-                if let Some(bytes) = data.get_mut(r.start..r.start + r.len) {
+                if let Some(bytes) = data.get_mut(r.start..).and_then(|b| b.get_mut(..r.len)) {
                     cpu.read_span(span, bytes)?;
                 }
             }
@@ -714,19 +736,18 @@ pub(super) fn run<C: EmulatorCallbacks>(
         Rest::Src2 => src2_bytes,
     };
     let zeroing = instr.zeroing_masking();
-    let element = usize::from(op.element).max(1);
-    for i in 0..size {
+    let element = NonZeroUsize::new(usize::from(op.element)).unwrap_or(NonZeroUsize::MIN);
+    // Byte i of the operand goes to byte at + i of the register (those within it).
+    let bytes = new.iter_mut().zip(reg_bytes).skip(at).zip(data).take(size);
+    for (i, ((b, old), loaded)) in bytes.enumerate() {
         let selected = mask.is_none_or(|m| (i / element) < 64 && m >> (i / element) & 1 != 0);
-        let byte = if selected {
-            data.get(i).copied().unwrap_or(0)
+        *b = if selected {
+            loaded
         } else if zeroing {
             0
         } else {
-            reg_bytes.get(at + i).copied().unwrap_or(0)
+            old
         };
-        if let Some(b) = new.get_mut(at + i) {
-            *b = byte;
-        }
     }
     // Bits from the destination width (or 128 for the partial forms) up are zero here.
     let dest_width = width.max(16);
@@ -764,15 +785,15 @@ fn mmx_state<C: EmulatorCallbacks>(cpu: &mut Cpu<'_, C>) -> Res<(u128, Option<[u
     if top == 0 {
         return Ok((fpcs, None));
     }
-    let names: [RegisterName; 8] =
-        core::array::from_fn(|i| RegisterName(RegisterName::FP_MMX0.0 + i as u32));
-    cpu.fetch_wide(&names)?;
+    cpu.fetch_wide(&FP_MMX)?;
     let mut st = [0u128; 8];
-    for (slot, name) in st.iter_mut().zip(names) {
+    for (slot, name) in st.iter_mut().zip(FP_MMX) {
         *slot = u128_of(name, cpu.wide(name)?)?;
     }
-    // ST(j) is physical register (TOP + j) mod 8: physical register i is ST((i − TOP) mod 8).
-    let physical = core::array::from_fn(|i| st[(i + 8 - top) % 8]);
+    // ST(j) is physical register (TOP + j) mod 8: physical register i is ST((i − TOP) mod 8),
+    // so the registers move up by TOP places.
+    let mut physical = st;
+    physical.rotate_right(top % 8);
     Ok((fpcs, Some(physical)))
 }
 
@@ -810,6 +831,13 @@ fn finish_mmx<C: EmulatorCallbacks>(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 mod tests {
     extern crate std;
 
