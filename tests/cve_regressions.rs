@@ -210,15 +210,34 @@ fn cve_2022_1852_truncated_instructions_fail_cleanly() {
 fn cve_2010_0298_system_translations_never_serve_user_accesses() {
     let mut m = user_mode_long();
     m.identity(0, 16);
-    m.map(0x8000, Pte { gpa: 0x8000, writable: true, user: false, executable: false });
+    m.map(
+        0x8000,
+        Pte {
+            gpa: 0x8000,
+            writable: true,
+            user: false,
+            executable: false,
+        },
+    );
     m.write_phys(0x8000 + 0x66, &0x68u16.to_le_bytes());
     m.write_phys(0x8000 + 0x68, &[0x00; 0x20]); // every port allowed
     m.regs.tr = seg(0x8000, 0x68 + 0x20, 0x40, 0x008B);
     m.set_gpr(6, 0x8010);
-    let e = m.io(&[0x6E], IoPortAccessInfo::string(true, 1, false), 0x70).exception();
+    let e = m
+        .io(&[0x6E], IoPortAccessInfo::string(true, 1, false), 0x70)
+        .exception();
     assert_eq!(e, Exception::pf(0x8010, 0b101));
     assert!(m.io_calls().is_empty());
     let flags: Vec<_> = m.translations().iter().map(|t| t.1).collect();
-    assert!(flags[0].contains(TranslateGvaFlags::PRIVILEGE_EXEMPT), "{flags:?}");
-    assert!(!flags.last().unwrap().contains(TranslateGvaFlags::PRIVILEGE_EXEMPT), "{flags:?}");
+    assert!(
+        flags[0].contains(TranslateGvaFlags::PRIVILEGE_EXEMPT),
+        "{flags:?}"
+    );
+    assert!(
+        !flags
+            .last()
+            .unwrap()
+            .contains(TranslateGvaFlags::PRIVILEGE_EXEMPT),
+        "{flags:?}"
+    );
 }
