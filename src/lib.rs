@@ -19,6 +19,15 @@
 
 #![no_std]
 #![forbid(unsafe_code)]
+// Guest input must not be able to panic the monitor: no unwrap, expect, panic, panicking index
+// or unchecked arithmetic. The few justified exceptions carry a local `allow` with a proof.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 #![warn(missing_docs)]
 
 mod access;
