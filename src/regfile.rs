@@ -286,11 +286,17 @@ impl RegisterFile {
         if names.len() != values.len() {
             return Err(RegisterFileError::LengthMismatch);
         }
-        let mut scratch = self.clone();
+        // Check every pair before writing any (what `write` itself checks), so a bad pair
+        // leaves the file unchanged without copying it.
         for (name, value) in names.iter().zip(values) {
-            scratch.write(*name, *value)?;
+            let kind = core::mem::discriminant(&self.read(*name)?);
+            if kind != core::mem::discriminant(value) {
+                return Err(RegisterFileError::WrongValueKind(*name));
+            }
         }
-        *self = scratch;
+        for (name, value) in names.iter().zip(values) {
+            self.write(*name, *value)?;
+        }
         Ok(())
     }
 

@@ -187,7 +187,9 @@ pub(super) fn run<C: EmulatorCallbacks>(
             // Translate before the port read: a fault must come before the device sees it.
             let dst = cpu.resolve(dst, size, Intent::Write)?;
             let value = cpu.port_in(port, op.size)?;
-            data.copy_from_slice(value.to_le_bytes().get(..size).unwrap_or(&[]));
+            for (d, s) in data.iter_mut().zip(value.to_le_bytes()) {
+                *d = s;
+            }
             cpu.write_span(&dst, data)?;
             advance(cpu, RDI, size, address_size)
         }

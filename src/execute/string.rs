@@ -160,7 +160,9 @@ pub(super) fn run<C: EmulatorCallbacks>(
                 let dst = string_operand(cpu, Segment::Es, RDI, address_size)?;
                 let value = cpu.read_reg(accumulator(size))?;
                 let dst = cpu.resolve(dst, size, Intent::Write)?;
-                data.copy_from_slice(value.to_le_bytes().get(..size).unwrap_or(&[]));
+                for (d, s) in data.iter_mut().zip(value.to_le_bytes()) {
+                    *d = s;
+                }
                 cpu.write_span(&dst, data)?;
                 advance(cpu, RDI, size, address_size)
             }
