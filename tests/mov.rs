@@ -615,3 +615,22 @@ fn common_64_bit_exit_reads_only_the_operand_registers() {
         .collect();
     assert_eq!(gets, [vec![RegisterName::RAX, RegisterName::RBX]]);
 }
+
+#[test]
+fn instruction_bytes_do_not_wrap_at_64_kib() {
+    // Real mode, IP = 0xFFFF, `mov [bx], al` (88 07): its second byte lies past the CS limit.
+    // Bytes supplied by the exit or fetched, the answer is the same #GP(0).
+    for supplied in [&[0x88u8, 0x07][..], &[0x88][..], &[][..]] {
+        let mut m = Machine::real();
+        m.regs.rip = 0xFFFF;
+        m.write_phys(0xFFFF, &[0x88]);
+        m.write_phys(0x0000, &[0x07]); // what a wrap would wrongly fetch
+        let ctx = MemoryAccessContext::new(supplied, MemoryAccessType::Write, 0);
+        assert_eq!(
+            m.mmio_ctx(2, &ctx).exception(),
+            Exception::gp(0),
+            "{supplied:02x?}"
+        );
+        assert!(m.memory_calls().iter().all(|c| !c.1), "nothing written");
+    }
+}

@@ -92,7 +92,8 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
     /// Fetches the code bytes that follow the first `have` bytes of the instruction into
     /// `out`, up to the end of their page and the CS limit; returns how many it fetched (≥ 1).
     fn fetch_code(&mut self, have: usize, out: &mut [u8]) -> Res<usize, C> {
-        let offset = self.state.mask_ip(self.state.rip.wrapping_add(have as u64));
+        // Bytes of one instruction do not wrap with IP: past 0xFFFF they meet the CS limit.
+        let offset = self.state.mask_ip(self.state.rip).wrapping_add(have as u64);
         let mut want = out.len();
         if self.state.mode != Mode::Long {
             let limit = u64::from(self.segment(Segment::Cs)?.limit);
