@@ -634,3 +634,27 @@ fn instruction_bytes_do_not_wrap_at_64_kib() {
         assert!(m.memory_calls().iter().all(|c| !c.1), "nothing written");
     }
 }
+
+#[test]
+fn instruction_bytes_past_0xffff_come_from_beyond_it_when_the_limit_allows() {
+    // 16-bit code with a 1 MiB CS limit ("unreal" mode): the instruction at IP 0xFFFF continues
+    // at offset 0x10000, not at 0. 88 0F = mov [bx], cl; 88 07 would be mov [bx], al.
+    for supplied in [&[0x88u8, 0x0F][..], &[0x88][..], &[][..]] {
+        let mut m = Machine::real();
+        m.regs.set_segment(Segment::Cs, seg(0, 0xF_FFFF, 0, 0x9B));
+        m.regs.rip = 0xFFFF;
+        m.write_phys(0xFFFF, &[0x88, 0x0F]);
+        m.write_phys(0x0000, &[0x07]);
+        m.set_gpr(RAX, 0x11);
+        m.set_gpr(RCX, 0x22);
+        m.set_gpr(RBX, 0x500);
+        let ctx = MemoryAccessContext::new(supplied, MemoryAccessType::Write, 0x500);
+        m.mmio_ctx(2, &ctx).ok();
+        assert_eq!(
+            m.memory_calls().last().unwrap(),
+            &(0x500, true, vec![0x22]),
+            "{supplied:02x?}"
+        );
+        assert_eq!(m.regs.rip, 0x0001, "IP itself wraps at 64 KiB");
+    }
+}
