@@ -13,7 +13,7 @@
 //! | shifts | [`shift`] | SHL/SAL, SHR, SAR, ROL, ROR, RCL, RCR by 1, imm8 and CL; SHLD, SHRD by imm8 and CL; undefined flags per vendor |
 //! | multiply/divide | [`muldiv`] | MUL, IMUL (1, 2 and 3 operands), DIV, IDIV with #DE; undefined flags per vendor |
 //! | conditional | [`cond`] | SETcc to memory, CMOVcc from memory; conditions from [`flags::condition`] |
-//! | byte-order/non-temporal moves | [`movx`] | MOVBE (load and store), MOVNTI |
+//! | byte-order/direct-store moves | [`movx`] | MOVBE (load and store), MOVNTI, MOVDIRI, MOVDIR64B |
 //! | vector moves | [`vector`] | MMX, SSE, AVX/AVX2 (VEX) and AVX-512 (EVEX) moves between a register and memory: MOVUPS/UPD, MOVAPS/APD, MOVDQU/DQA (VMOVDQU8/16/32/64, VMOVDQA32/64), LDDQU, MOVNTPS/PD/DQ/DQA, MOVNTQ, MOVNTSS/SD, MOVD, MOVQ, MOVSS, MOVSD, MOVLPS/HPS/LPD/HPD, VMOVSH, VMOVW; opmask merging and zeroing |
 
 mod alu;
@@ -141,6 +141,8 @@ pub(crate) fn registers_needed<C: EmulatorCallbacks>(
         Family::MulDiv(kind) if kind.uses_accumulator() => {
             set = set.with(Slot::Gpr(gpr::RAX)).with(Slot::Gpr(gpr::RDX));
         }
+        // MOVDIR64B writes through ES.
+        Family::MovX(movx::MovXKind::Movdir64b) => set = set.with(Slot::Seg(Segment::Es)),
         // Explicit operands only (CL is one when it is the count).
         Family::Bits(_)
         | Family::Shift(_)

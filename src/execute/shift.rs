@@ -801,6 +801,8 @@ mod forms {
                         | Mnemonic::Idiv
                         | Mnemonic::Movbe
                         | Mnemonic::Movnti
+                        | Mnemonic::Movdiri
+                        | Mnemonic::Movdir64b
                 ) || name.starts_with("Set") && name.ends_with("_rm8")
                     || name.starts_with("Cmov") && name.contains("_rm");
                 legacy && memory && ours
@@ -870,8 +872,9 @@ mod forms {
         assert_eq!(count("muldiv"), 4 * 4 + 3 + 2 * 3);
         // SETcc × 16; CMOVcc × 16 × 3 sizes.
         assert_eq!(count("cond"), 16 + 16 * 3);
-        // MOVBE × 2 directions × 3 sizes; MOVNTI × 2 sizes.
-        assert_eq!(count("movx"), 6 + 2);
-        assert_eq!(got.len(), 244);
+        // MOVBE × 2 directions × 3 sizes; MOVNTI and MOVDIRI × 2 sizes; MOVDIR64B × 3
+        // address sizes.
+        assert_eq!(count("movx"), 6 + 2 + 2 + 3);
+        assert_eq!(got.len(), 249);
     }
 }
