@@ -9,7 +9,7 @@ use crate::callbacks::{
     TranslateGvaResult,
 };
 use crate::error::{EmulationError, Exception};
-use crate::state::{Cpu, Mode, Res};
+use crate::state::{Cpu, Mode, RFLAGS_AC, Res};
 
 const PAGE: u64 = 0x1000;
 const PAGE_MASK: u64 = !(PAGE - 1);
@@ -93,7 +93,7 @@ impl Tlb {
         self.entries
             .iter()
             .find(|e| e.valid && e.page == page && same_privilege(e.flags, flags))
-            .filter(|e| e.flags.contains(flags))
+            .filter(|e| e.flags.contains(flags & VALIDATE))
             .map(|e| e.gpa)
     }
 
@@ -119,6 +119,11 @@ impl Tlb {
         }
     }
 }
+
+/// The permission bits of a translation (the SMAP modifiers only follow from the privilege).
+const VALIDATE: TranslateGvaFlags = TranslateGvaFlags::VALIDATE_READ
+    .union(TranslateGvaFlags::VALIDATE_WRITE)
+    .union(TranslateGvaFlags::VALIDATE_EXECUTE);
 
 fn same_privilege(a: TranslateGvaFlags, b: TranslateGvaFlags) -> bool {
     a.contains(TranslateGvaFlags::PRIVILEGE_EXEMPT)
@@ -189,7 +194,11 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
         }
         let mut flags = intent.validate();
         if privilege == Privilege::System {
-            flags |= TranslateGvaFlags::PRIVILEGE_EXEMPT;
+            // Implicit supervisor accesses are subject to SMAP whatever RFLAGS.AC says.
+            flags |= TranslateGvaFlags::PRIVILEGE_EXEMPT | TranslateGvaFlags::ENFORCE_SMAP;
+        } else if self.state.cpl < 3 && self.state.rflags & RFLAGS_AC != 0 {
+            // A supervisor data access with RFLAGS.AC set is exempt from SMAP.
+            flags |= TranslateGvaFlags::OVERRIDE_SMAP;
         }
         if let Some(gpa) = self.tlb.lookup(page, flags) {
             return Ok(gpa);
@@ -199,7 +208,7 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
             // permission at least as strong, and a GPA on the same page offset.
             if hint.gva == linear
                 && privilege == Privilege::Current
-                && hint.validated.contains(flags)
+                && hint.validated.contains(flags & VALIDATE)
                 && hint.gpa & !PAGE_MASK == hint.gva & !PAGE_MASK
             {
                 let gpa = hint.gpa & PAGE_MASK;

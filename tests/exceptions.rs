@@ -196,3 +196,43 @@ fn resume_flag_is_set_when_rip_stays_and_cleared_when_the_instruction_completes(
     assert_eq!(m.regs.rflags & RF, 0);
     assert_eq!((m.gpr(1), m.regs.rip), (0, 2));
 }
+
+#[test]
+fn smap_modifiers_are_passed_to_the_translation() {
+    const AC: u64 = 1 << 18;
+    // A supervisor data access with RFLAGS.AC: OVERRIDE_SMAP.
+    let mut m = Machine::long();
+    m.regs.rflags |= AC;
+    m.set_gpr(0, MMIO);
+    m.mmio(&[0x89, 0x18], MemoryAccessType::Write, MMIO).ok();
+    assert_eq!(m.translations().len(), 1);
+    assert!(
+        m.translations()[0]
+            .1
+            .contains(TranslateGvaFlags::OVERRIDE_SMAP)
+    );
+    // Without AC, nothing: the platform applies SMAP from the processor state.
+    m.regs.rflags &= !AC;
+    m.mmio(&[0x89, 0x18], MemoryAccessType::Write, MMIO).ok();
+    assert!(
+        !m.translations()[0]
+            .1
+            .intersects(TranslateGvaFlags::OVERRIDE_SMAP | TranslateGvaFlags::ENFORCE_SMAP)
+    );
+    // The implicit TSS read behind a CPL-3 port access: ENFORCE_SMAP, whatever AC says.
+    let mut m = Machine::protected32();
+    m.regs
+        .set_segment(Segment::Cs, seg(0, 0xFFFF_FFFF, 0x1B, 0xC0FB));
+    m.regs
+        .set_segment(Segment::Ss, seg(0, 0xFFFF_FFFF, 0x23, 0xC0F3));
+    m.regs.rflags |= AC;
+    m.write_phys(0x8000 + 0x66, &0x68u16.to_le_bytes());
+    m.regs.tr = seg(0x8000, 0x68 + 0x20, 0x28, 0x008B);
+    m.io(&[0xE4, 0x60], IoPortAccessInfo::new(false, 1), 0x60)
+        .ok();
+    let t = m.translations();
+    assert!(!t.is_empty());
+    assert!(t.iter().all(|(_, f)| {
+        f.contains(TranslateGvaFlags::PRIVILEGE_EXEMPT | TranslateGvaFlags::ENFORCE_SMAP)
+    }));
+}
