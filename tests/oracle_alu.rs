@@ -19,19 +19,12 @@ mod support;
 use core::arch::asm;
 
 use hvemu::*;
+use support::native::*;
 use support::*;
 
 const RCX: usize = 1;
 const RBX: usize = 3;
 const MMIO: u64 = 0xFEE0_0000;
-
-const CF: u64 = 1;
-const PF: u64 = 1 << 2;
-const AF: u64 = 1 << 4;
-const ZF: u64 = 1 << 6;
-const SF: u64 = 1 << 7;
-const OF: u64 = 1 << 11;
-const STATUS: u64 = CF | PF | AF | ZF | SF | OF;
 
 /// The number of seeded random cases each run.
 const RANDOM_CASES: usize = 100_000;
@@ -308,22 +301,6 @@ fn native(op: Op, size: usize, dst: u64, src: u64, flags: u64) -> (u64, u64) {
     }
 }
 
-/// The host's vendor, if it is one hvemu imitates.
-fn host_vendor() -> Option<Vendor> {
-    #[allow(unused_unsafe)]
-    // SAFETY: CPUID leaf 0 exists on every x86-64 processor.
-    let r = unsafe { core::arch::x86_64::__cpuid(0) };
-    let mut id = [0u8; 12];
-    id[..4].copy_from_slice(&r.ebx.to_le_bytes());
-    id[4..8].copy_from_slice(&r.edx.to_le_bytes());
-    id[8..].copy_from_slice(&r.ecx.to_le_bytes());
-    match &id {
-        b"GenuineIntel" => Some(Vendor::Intel),
-        b"AuthenticAMD" | b"HygonGenuine" => Some(Vendor::Amd),
-        _ => None,
-    }
-}
-
 // ---- the emulated side ------------------------------------------------------------------
 
 /// One case: operation, size, encoding, operand values and flags in.
@@ -474,25 +451,8 @@ impl Oracle {
 
 // ---- generation -------------------------------------------------------------------------
 
-/// xorshift64*: tiny, seeded, reproducible.
-struct Rng(u64);
-
+/// Operand generators on top of the shared seeded generator.
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-
     /// Operand values that reach the interesting carries: uniform, small, near the edges.
     fn operand(&mut self, size: usize) -> u64 {
         let m = mask(size);

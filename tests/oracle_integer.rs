@@ -30,6 +30,7 @@ use std::sync::OnceLock;
 
 use hvemu::*;
 use iced_x86::{Code, Encoder, Instruction, MemoryOperand, Register};
+use support::native::*;
 use support::*;
 
 const RAX: usize = 0;
@@ -37,14 +38,6 @@ const RCX: usize = 1;
 const RDX: usize = 2;
 const RBX: usize = 3;
 const RSI: usize = 6;
-
-const CF: u64 = 1;
-const PF: u64 = 1 << 2;
-const AF: u64 = 1 << 4;
-const ZF: u64 = 1 << 6;
-const SF: u64 = 1 << 7;
-const OF: u64 = 1 << 11;
-const STATUS: u64 = CF | PF | AF | ZF | SF | OF;
 
 /// Where the operands live: guest RAM (paging off, so linear = physical). The region is 4 KiB
 /// below a page boundary so that cases can straddle it.
@@ -56,22 +49,6 @@ const BIT_CASES: usize = 25_000;
 const MULDIV_CASES: usize = 25_000;
 
 // ---- shared -----------------------------------------------------------------------------
-
-/// The host's vendor, if it is one hvemu imitates.
-fn host_vendor() -> Option<Vendor> {
-    #[allow(unused_unsafe)]
-    // SAFETY: CPUID leaf 0 exists on every x86-64 processor.
-    let r = unsafe { core::arch::x86_64::__cpuid(0) };
-    let mut id = [0u8; 12];
-    id[..4].copy_from_slice(&r.ebx.to_le_bytes());
-    id[4..8].copy_from_slice(&r.edx.to_le_bytes());
-    id[8..].copy_from_slice(&r.ecx.to_le_bytes());
-    match &id {
-        b"GenuineIntel" => Some(Vendor::Intel),
-        b"AuthenticAMD" | b"HygonGenuine" => Some(Vendor::Amd),
-        _ => None,
-    }
-}
 
 /// An iced-x86 code by its name (`"Shl_rm32_CL"`).
 fn code(name: &str) -> Code {
@@ -119,29 +96,8 @@ fn reg(n: usize, size: usize) -> Register {
     }
 }
 
-/// xorshift64*: tiny, seeded, reproducible.
-struct Rng(u64);
-
+/// Operand generators on top of the shared seeded generator.
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-
-    fn coin(&mut self) -> bool {
-        self.next() & 1 == 0
-    }
-
     /// Operand values that reach the interesting bits: uniform, small, near the edges, sparse.
     fn operand(&mut self, size: usize) -> u64 {
         let m = mask(size);

@@ -19,6 +19,7 @@ use core::arch::asm;
 use core::ptr::addr_of_mut;
 
 use hvemu::*;
+use support::native::*;
 use support::*;
 
 const RAX: usize = 0;
@@ -30,40 +31,14 @@ const RDI: usize = 7;
 const MMIO: u64 = 0xFEE0_0000;
 const RAM: u64 = 0x10_0000;
 
-const CF: u64 = 1;
-const PF: u64 = 1 << 2;
-const AF: u64 = 1 << 4;
-const ZF: u64 = 1 << 6;
-const SF: u64 = 1 << 7;
-const OF: u64 = 1 << 11;
-const DF: u64 = 1 << 10;
-const STATUS: u64 = CF | PF | AF | ZF | SF | OF;
-
 /// Seeded random cases per run (edge cases come on top).
 const RANDOM_EXCHANGE_CASES: usize = 20_000;
 const RANDOM_STRING_CASES: usize = 12_000;
 
 // ---- generation -------------------------------------------------------------------------
 
-/// xorshift64*: tiny, seeded, reproducible.
-struct Rng(u64);
-
+/// Operand generators on top of the shared seeded generator.
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-
     fn bit(&mut self) -> bool {
         self.next() & 1 != 0
     }

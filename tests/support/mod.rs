@@ -2,6 +2,9 @@
 //! recording every callback hvemu makes, so a test reads as "state, bytes, expected state".
 #![allow(dead_code)]
 
+#[cfg(target_arch = "x86_64")]
+pub mod native;
+
 use std::collections::{BTreeMap, VecDeque};
 
 use hvemu::*;
