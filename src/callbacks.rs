@@ -117,7 +117,11 @@ impl TranslateGvaResult {
 ///
 /// Each method reports failure with the monitor's own `Error`; hvemu stops at the first failure,
 /// commits no register change and returns the error in
-/// [`EmulationError`](crate::EmulationError).
+/// [`EmulationError`](crate::EmulationError). One exception: when an iteration of a REP
+/// instruction fails after earlier iterations completed, hvemu commits those iterations and
+/// answers [`Completion::Partial`](crate::Completion::Partial) with RIP left on the
+/// instruction; the guest's re-execution meets the failure at its first iteration, where it is
+/// reported.
 ///
 /// ```
 /// use hvemu::*;

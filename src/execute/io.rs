@@ -130,6 +130,11 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
     /// Reads two bytes at a linear address as the processor does for its own structures.
     fn read_system_u16(&mut self, linear: u64) -> Res<u16, C> {
         let linear = if self.state.is_long() {
+            // LTR only loads canonical bases; a monitor's state that says otherwise gets the
+            // #GP(0) a non-canonical reference would.
+            if !crate::operand::canonical(linear, 57) {
+                return Err(crate::error::Exception::gp(0).into());
+            }
             linear
         } else {
             linear & 0xFFFF_FFFF

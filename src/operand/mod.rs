@@ -6,6 +6,8 @@
 
 mod segment;
 
+pub(crate) use segment::canonical;
+
 use iced_x86::{Instruction, OpKind, Register};
 
 use crate::access::{Intent, Privilege, Span};
