@@ -214,14 +214,11 @@ impl<C: EmulatorCallbacks> Emulator<C> {
             });
         }
         let instr = cpu.decode(bytes)?;
-        let family = match Family::of(&instr) {
-            Some(f) if f.touches_memory(&instr) => f,
-            Some(_) => return Err(EmulationError::NotTheExitingInstruction { code: instr.code() }),
-            None if !has_memory_operand(&instr) => {
-                return Err(EmulationError::NotTheExitingInstruction { code: instr.code() });
-            }
-            None => return Err(EmulationError::Unsupported { code: instr.code() }),
-        };
+        if !execute::touches_memory(&instr) {
+            return Err(EmulationError::NotTheExitingInstruction { code: instr.code() });
+        }
+        let family =
+            Family::of(&instr).ok_or(EmulationError::Unsupported { code: instr.code() })?;
         finish(cpu, family, &instr)
     }
 }
@@ -305,25 +302,6 @@ fn finish<C: EmulatorCallbacks>(
         (false, false) => Completion::Partial,
         (false, true) => Completion::Complete,
     })
-}
-
-fn has_memory_operand(instr: &iced_x86::Instruction) -> bool {
-    use iced_x86::OpKind;
-    (0..instr.op_count()).any(|i| {
-        matches!(
-            instr.op_kind(i),
-            OpKind::Memory
-                | OpKind::MemorySegSI
-                | OpKind::MemorySegESI
-                | OpKind::MemorySegRSI
-                | OpKind::MemorySegDI
-                | OpKind::MemorySegEDI
-                | OpKind::MemorySegRDI
-                | OpKind::MemoryESDI
-                | OpKind::MemoryESEDI
-                | OpKind::MemoryESRDI
-        )
-    }) || instr.is_stack_instruction()
 }
 
 /// Checks what every exit shares; returns the instruction bytes it carries.

@@ -622,6 +622,16 @@ fn is_high_byte(reg: Register) -> bool {
     )
 }
 
+/// The width in bits of a `bytes`-byte operand (1, 2, 4 or 8; anything else reads as 8).
+pub(crate) const fn bit_width(bytes: usize) -> u32 {
+    match bytes {
+        1 => 8,
+        2 => 16,
+        4 => 32,
+        _ => 64,
+    }
+}
+
 /// All-ones in the low `bytes` bytes.
 pub(crate) const fn width_mask(bytes: usize) -> u64 {
     match bytes {

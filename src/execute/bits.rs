@@ -49,7 +49,7 @@ use crate::callbacks::EmulatorCallbacks;
 use crate::config::Vendor;
 use crate::operand::{MemRef, address_mask, memory_address_size};
 use crate::rep::Progress;
-use crate::state::{Cpu, Res, width_mask};
+use crate::state::{Cpu, Res, bit_width, width_mask};
 
 /// One bit test: what it stores in the tested word (BT stores nothing).
 pub(crate) trait BitTestOp {
@@ -128,10 +128,6 @@ pub(crate) struct Lzcnt;
 /// TZCNT.
 pub(crate) struct Tzcnt;
 
-fn width(size: usize) -> u32 {
-    (size as u32).wrapping_mul(8).min(64)
-}
-
 /// BSF and BSR once the index of the found bit is known.
 fn bit_scan(src: u64, index: u32, vendor: Vendor) -> Scan {
     if src == 0 {
@@ -198,7 +194,7 @@ impl ScanOp for Lzcnt {
     fn apply(src: u64, size: usize, vendor: Vendor) -> Scan {
         let src = src & width_mask(size);
         // The 64-bit count includes the bits above the operand (all zero after the mask).
-        let above = 64u32.saturating_sub(width(size));
+        let above = 64u32.saturating_sub(bit_width(size));
         let count = src.leading_zeros().saturating_sub(above);
         zero_count(src, count, vendor)
     }
@@ -207,7 +203,7 @@ impl ScanOp for Lzcnt {
 impl ScanOp for Tzcnt {
     fn apply(src: u64, size: usize, vendor: Vendor) -> Scan {
         let src = src & width_mask(size);
-        zero_count(src, src.trailing_zeros().min(width(size)), vendor)
+        zero_count(src, src.trailing_zeros().min(bit_width(size)), vendor)
     }
 }
 
@@ -276,7 +272,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
 /// the operand-sized word `size` × (offset SAR log2(width)) bytes from the operand, and the bit
 /// within it.
 fn bit_base(mem: MemRef, offset: u64, size: usize, instr: &Instruction) -> (MemRef, u32) {
-    let bits = width(size);
+    let bits = bit_width(size);
     let signed = super::mov::sign_extend(offset, size) as i64;
     let words = signed >> bits.trailing_zeros();
     let displacement = words.wrapping_mul(size as i64) as u64;
@@ -306,7 +302,7 @@ pub(crate) fn run_test<O: BitTestOp, C: EmulatorCallbacks>(
         }
         OpKind::Immediate8 => (
             mem,
-            (instr.immediate(1) as u32) & width(size).saturating_sub(1),
+            (instr.immediate(1) as u32) & bit_width(size).saturating_sub(1),
         ),
         _ => return Err(unsupported(instr)),
     };

@@ -87,27 +87,6 @@ impl Family {
             .or_else(|| movx::classify(instr).map(Family::MovX))
     }
 
-    /// Whether the instruction accesses memory (so that a memory exit can come from it).
-    pub(crate) fn touches_memory(self, instr: &Instruction) -> bool {
-        match self {
-            Family::Move => (0..instr.op_count()).any(|i| instr.op_kind(i) == OpKind::Memory),
-            Family::String(_) => true,
-            Family::Port(op) => op.string,
-            Family::Alu(_) => true,
-            Family::Exchange(_) => true,
-            // The operand or the stack: every form classified touches one.
-            Family::Stack(_) => true,
-            // Each classifies only its forms with a memory operand.
-            Family::Bits(_)
-            | Family::Shift(_)
-            | Family::MulDiv(_)
-            | Family::Cond(_)
-            | Family::MovX(_) => true,
-            // Its codes cover register-to-register encodings too.
-            Family::Vector(_) => (0..instr.op_count()).any(|i| instr.op_kind(i) == OpKind::Memory),
-        }
-    }
-
     /// The port operation, if this is one.
     pub(crate) fn port(self) -> Option<io::PortOp> {
         match self {
@@ -115,6 +94,26 @@ impl Family {
             _ => None,
         }
     }
+}
+
+/// Whether the instruction accesses memory, so that a memory exit can have come from it: an
+/// explicit memory operand, a string operand, or the stack.
+pub(crate) fn touches_memory(instr: &Instruction) -> bool {
+    (0..instr.op_count()).any(|i| {
+        matches!(
+            instr.op_kind(i),
+            OpKind::Memory
+                | OpKind::MemorySegSI
+                | OpKind::MemorySegESI
+                | OpKind::MemorySegRSI
+                | OpKind::MemorySegDI
+                | OpKind::MemorySegEDI
+                | OpKind::MemorySegRDI
+                | OpKind::MemoryESDI
+                | OpKind::MemoryESEDI
+                | OpKind::MemoryESRDI
+        )
+    }) || instr.is_stack_instruction()
 }
 
 /// Every register the instruction will read, so that one `get_registers` call gathers them.

@@ -41,7 +41,7 @@ use super::{read_value, unsupported};
 use crate::callbacks::EmulatorCallbacks;
 use crate::config::Vendor;
 use crate::error::{EmulationError, Exception, Vector};
-use crate::state::{Cpu, Res, width_mask};
+use crate::state::{Cpu, Res, bit_width, width_mask};
 
 /// The outcome of a one-operand multiply or divide: the new accumulator pair and flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,10 +81,6 @@ pub(crate) struct Div;
 /// IDIV.
 pub(crate) struct Idiv;
 
-fn width(size: usize) -> u32 {
-    (size as u32).wrapping_mul(8).min(64)
-}
-
 /// `value`'s low `size` bytes, sign-extended to 128 bits.
 fn signed(value: u64, size: usize) -> i128 {
     i128::from(super::mov::sign_extend(value, size) as i64)
@@ -113,7 +109,7 @@ impl WideOp for Mul {
         // Two 64-bit factors: the 128-bit product never wraps.
         let product = u128::from(low & mask).wrapping_mul(u128::from(src & mask));
         let low = product as u64 & mask;
-        let high = (product >> width(size)) as u64 & mask;
+        let high = (product >> bit_width(size)) as u64 & mask;
         let (flags, changed) = product_flags(low, high != 0, size, vendor);
         Ok(Wide {
             low,
@@ -129,7 +125,7 @@ impl WideOp for Imul {
         let mask = width_mask(size);
         let product = signed(low, size).wrapping_mul(signed(src, size));
         let low = product as u64 & mask;
-        let high = (product >> width(size)) as u64 & mask;
+        let high = (product >> bit_width(size)) as u64 & mask;
         let (flags, changed) = product_flags(low, product != signed(low, size), size, vendor);
         Ok(Wide {
             low,
@@ -149,7 +145,7 @@ impl WideOp for Div {
         vendor: Vendor,
     ) -> Result<Wide, DivideError> {
         let mask = width_mask(size);
-        let dividend = (u128::from(high & mask) << width(size)) | u128::from(low & mask);
+        let dividend = (u128::from(high & mask) << bit_width(size)) | u128::from(low & mask);
         let divisor = u128::from(src & mask);
         let quotient = dividend.checked_div(divisor).ok_or(DivideError)?;
         let remainder = dividend.checked_rem(divisor).ok_or(DivideError)?;
@@ -175,7 +171,7 @@ impl WideOp for Idiv {
         vendor: Vendor,
     ) -> Result<Wide, DivideError> {
         let mask = width_mask(size);
-        let bits = width(size);
+        let bits = bit_width(size);
         // The 2n-bit dividend, sign-extended from bit 2n-1: the high half sign-extended, shifted
         // over the low half.
         let dividend = (signed(high, size) << bits) | i128::from(low & mask);

@@ -60,7 +60,7 @@ use super::unsupported;
 use crate::access::Intent;
 use crate::callbacks::EmulatorCallbacks;
 use crate::config::Vendor;
-use crate::state::{Cpu, Res, width_mask};
+use crate::state::{Cpu, Res, bit_width, width_mask};
 
 /// One shift or rotate: the destination value after a masked, non-zero count, with its flags.
 pub(crate) trait ShiftOp {
@@ -99,16 +99,6 @@ pub(crate) struct Shrd;
 /// Bit `i` of `v` (false beyond bit 63).
 fn bit(v: u64, i: u32) -> bool {
     v.checked_shr(i).is_some_and(|x| x & 1 != 0)
-}
-
-/// The operand width in bits.
-fn width(size: usize) -> u32 {
-    match size {
-        1 => 8,
-        2 => 16,
-        4 => 32,
-        _ => 64,
-    }
 }
 
 /// The period of RCL and RCR: the operand width plus CF.
@@ -161,7 +151,7 @@ fn rotated(result: u64, cf: bool, of: bool) -> Update {
 impl ShiftOp for Shl {
     const DOUBLE: bool = false;
     fn apply(v: u64, _: u64, count: u32, _: u64, size: usize, vendor: Vendor) -> Update {
-        let n = width(size);
+        let n = bit_width(size);
         let result = v.checked_shl(count).unwrap_or(0) & width_mask(size);
         let cf = count <= n && bit(v, n.wrapping_sub(count));
         let of = cf != (result & top_bit(size) != 0);
@@ -191,7 +181,7 @@ impl ShiftOp for Sar {
 
 /// `v` rotated left by `r` within `n` bits (`r < n`).
 fn rotate_left(v: u64, r: u32, size: usize) -> u64 {
-    let n = width(size);
+    let n = bit_width(size);
     let v = v & width_mask(size);
     if r == 0 {
         return v;
@@ -203,7 +193,7 @@ fn rotate_left(v: u64, r: u32, size: usize) -> u64 {
 impl ShiftOp for Rol {
     const DOUBLE: bool = false;
     fn apply(v: u64, _: u64, count: u32, _: u64, size: usize, _: Vendor) -> Update {
-        let n = width(size);
+        let n = bit_width(size);
         let result = rotate_left(v, modulo(count, n), size);
         let cf = result & 1 != 0;
         rotated(result, cf, cf != (result & top_bit(size) != 0))
@@ -213,7 +203,7 @@ impl ShiftOp for Rol {
 impl ShiftOp for Ror {
     const DOUBLE: bool = false;
     fn apply(v: u64, _: u64, count: u32, _: u64, size: usize, _: Vendor) -> Update {
-        let n = width(size);
+        let n = bit_width(size);
         // Right by r is left by (n − r) mod n.
         let result = rotate_left(v, modulo(n.wrapping_sub(modulo(count, n)), n), size);
         let cf = result & top_bit(size) != 0;
@@ -223,7 +213,7 @@ impl ShiftOp for Ror {
 
 /// The (n+1)-bit quantity CF:value rotated left by `r` (`r` ≤ n); returns (value, CF).
 fn rotate_through_carry(v: u64, carry: bool, r: u32, size: usize) -> (u64, bool) {
-    let n = width(size);
+    let n = bit_width(size);
     let period = carry_period(size);
     let all = !(u128::MAX << period);
     let x = (u128::from(carry) << n) | u128::from(v & width_mask(size));
@@ -280,7 +270,7 @@ impl ShiftOp for Rcr {
 impl ShiftOp for Shld {
     const DOUBLE: bool = true;
     fn apply(v: u64, src: u64, count: u32, _: u64, size: usize, vendor: Vendor) -> Update {
-        let n = width(size);
+        let n = bit_width(size);
         let mask = width_mask(size);
         let (v, src) = (v & mask, src & mask);
         let (result, cf) = if count < n {
@@ -317,7 +307,7 @@ impl ShiftOp for Shld {
 impl ShiftOp for Shrd {
     const DOUBLE: bool = true;
     fn apply(v: u64, src: u64, count: u32, _: u64, size: usize, vendor: Vendor) -> Update {
-        let n = width(size);
+        let n = bit_width(size);
         let mask = width_mask(size);
         let (v, src) = (v & mask, src & mask);
         let (result, cf) = if count < n {
@@ -474,7 +464,7 @@ mod tests {
         cf_in: bool,
         size: usize,
     ) -> (u64, bool) {
-        let n = width(size);
+        let n = bit_width(size);
         let mask = width_mask(size);
         let msb = top_bit(size);
         let (mut v, mut cf) = (v & mask, cf_in);
@@ -589,7 +579,7 @@ mod tests {
                 if matches!(kind, ShiftKind::Shld | ShiftKind::Shrd) && size == 1 {
                     continue;
                 }
-                let n = width(size);
+                let n = bit_width(size);
                 let limit = if size == 8 { 63 } else { 31 };
                 for count in 1..=limit {
                     let double = matches!(kind, ShiftKind::Shld | ShiftKind::Shrd);
