@@ -219,6 +219,12 @@ impl<C: EmulatorCallbacks> Emulator<C> {
         }
         let family =
             Family::of(&instr).ok_or(EmulationError::Unsupported { code: instr.code() })?;
+        if !family
+            .memory_use(&instr)
+            .allows(mmio.access_info.access_type)
+        {
+            return Err(EmulationError::NotTheExitingInstruction { code: instr.code() });
+        }
         finish(cpu, family, &instr)
     }
 }

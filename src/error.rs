@@ -204,9 +204,11 @@ pub enum EmulationError<E> {
         /// iced-x86's code for the instruction.
         code: iced_x86::Code,
     },
-    /// The instruction makes no memory access (for a memory exit) or no port access (for a
-    /// port exit), so it cannot be the instruction that exited: the guest changed the bytes,
-    /// or the monitor passed the wrong context.
+    /// The instruction cannot be the one that exited: it makes no memory access (for a memory
+    /// exit), never accesses memory in the direction the exit reports (a write exit from an
+    /// instruction that only reads, or the reverse), or makes no port access of the exit's
+    /// direction, size and kind (for a port exit). The guest changed the bytes, or the monitor
+    /// passed the wrong context. Nothing was done.
     NotTheExitingInstruction {
         /// iced-x86's code for the instruction.
         code: iced_x86::Code,

@@ -137,9 +137,20 @@ fn supported_forms_are_counted_through_the_public_api() {
         for n in 0..16 {
             m.set_gpr(n, 0x1000 + (n as u64) * 0x100);
         }
-        let ctx = MemoryAccessContext::new(bytes, MemoryAccessType::Write, 0x1000);
-        let r = m.mmio_ctx(bytes.len() as u8, &ctx).result;
-        if !matches!(r, Err(EmulationError::Unsupported { .. })) {
+        // The exit's direction must be one the instruction can produce: a store's exit is a
+        // write, a load's a read.
+        let mut r = Err(EmulationError::NotTheExitingInstruction { code: *code });
+        for access in [MemoryAccessType::Write, MemoryAccessType::Read] {
+            if matches!(r, Err(EmulationError::NotTheExitingInstruction { .. })) {
+                let ctx = MemoryAccessContext::new(bytes, access, 0x1000);
+                r = m.mmio_ctx(bytes.len() as u8, &ctx).result;
+            }
+        }
+        if !matches!(
+            r,
+            Err(EmulationError::Unsupported { .. }
+                | EmulationError::NotTheExitingInstruction { .. })
+        ) {
             supported.insert(*code);
             *by_mnemonic
                 .entry(format!("{:?}", code.mnemonic()))

@@ -46,13 +46,56 @@ fn exit_gpa_is_not_trusted_for_a_different_linear_address() {
 
 #[test]
 fn read_exit_gpa_is_not_enough_for_a_write() {
+    // add [rax], ebx: the read exit's GPA serves the read; the write is translated anew,
+    // validated for writing.
     let mut m = Machine::long();
     m.set_gpr(RAX, MMIO);
-    let ctx = MemoryAccessContext::new(&[0x89, 0x18], MemoryAccessType::Read, MMIO).with_gva(MMIO);
+    let ctx = MemoryAccessContext::new(&[0x01, 0x18], MemoryAccessType::Read, MMIO).with_gva(MMIO);
     m.mmio_ctx(2, &ctx).ok();
     let t = m.translations();
     assert_eq!(t.len(), 1);
     assert!(t[0].1.contains(TranslateGvaFlags::VALIDATE_WRITE));
+}
+
+#[test]
+fn an_exit_in_a_direction_the_instruction_never_accesses_is_refused() {
+    for (bytes, access, accepted) in [
+        (&[0x89, 0x18][..], MemoryAccessType::Read, false), // mov [rax], ebx
+        (&[0x89, 0x18], MemoryAccessType::Write, true),
+        (&[0x8B, 0x18], MemoryAccessType::Write, false), // mov ebx, [rax]
+        (&[0x8B, 0x18], MemoryAccessType::Read, true),
+        (&[0x39, 0x18], MemoryAccessType::Write, false), // cmp [rax], ebx
+        (&[0x0F, 0xA3, 0x18], MemoryAccessType::Write, false), // bt [rax], ebx
+        (&[0x01, 0x18], MemoryAccessType::Write, true),  // add [rax], ebx
+        (&[0x01, 0x18], MemoryAccessType::Read, true),
+        (&[0xAC], MemoryAccessType::Write, false), // lodsb
+        (&[0xAA], MemoryAccessType::Read, false),  // stosb
+        (&[0x51], MemoryAccessType::Read, false),  // push rcx
+        (&[0x8F, 0x00], MemoryAccessType::Write, true), // pop qword [rax]
+        (&[0x0F, 0x29, 0x00], MemoryAccessType::Read, false), // movaps [rax], xmm0
+        // An instruction fetch from MMIO can come from any instruction that accesses memory.
+        (&[0x89, 0x18], MemoryAccessType::Execute, true),
+    ] {
+        let mut m = Machine::long();
+        for n in 0..8 {
+            m.set_gpr(n, MMIO + 0x100);
+        }
+        let outcome = m.mmio(bytes, access, MMIO + 0x100);
+        if accepted {
+            outcome.ok();
+        } else {
+            assert!(
+                matches!(
+                    outcome.result,
+                    Err(EmulationError::NotTheExitingInstruction { .. })
+                ),
+                "{bytes:02x?} {access:?}: {:?}",
+                outcome.result
+            );
+            // Refused before anything is read or done.
+            assert!(m.log.is_empty(), "{bytes:02x?} {access:?}: {:?}", m.log);
+        }
+    }
 }
 
 #[test]

@@ -72,13 +72,14 @@ fn exits_allocate_nothing_after_warm_up() {
         RegisterFile::protected_mode_32(),
         RegisterFile::long_mode(),
     ];
-    let mmio_cases: [&[u8]; 6] = [
-        &[0x89, 0x18],       // mov [eax/bx+si], ebx/bx
-        &[0x8B, 0x03],       // mov eax, [ebx/bp+di]
-        &[0x0F, 0xB7, 0x03], // movzx
-        &[0xF3, 0xA4],       // rep movsb
-        &[0xF3, 0xAB],       // rep stos
-        &[0xC7, 0x00, 1, 2], // mov [rax], imm16/imm32 (truncated in 64-bit: fetched)
+    use MemoryAccessType::{Read, Write};
+    let mmio_cases: [(&[u8], MemoryAccessType); 6] = [
+        (&[0x89, 0x18], Write),       // mov [eax/bx+si], ebx/bx
+        (&[0x8B, 0x03], Read),        // mov eax, [ebx/bp+di]
+        (&[0x0F, 0xB7, 0x03], Read),  // movzx
+        (&[0xF3, 0xA4], Write),       // rep movsb
+        (&[0xF3, 0xAB], Write),       // rep stos
+        (&[0xC7, 0x00, 1, 2], Write), // mov [rax], imm16/imm32 (truncated in 64-bit: fetched)
     ];
     let mut vcpu = Box::new(Fixed {
         regs: RegisterFile::real_mode(),
@@ -92,7 +93,7 @@ fn exits_allocate_nothing_after_warm_up() {
     assert!(ALLOCATIONS.load(Ordering::SeqCst) > probe);
     let before = ALLOCATIONS.load(Ordering::SeqCst);
     for regs in &modes {
-        for bytes in mmio_cases {
+        for (bytes, access) in mmio_cases {
             vcpu.regs = regs.clone();
             vcpu.regs.rip = 0x1000;
             vcpu.regs.set_gpr(0, 0x2000);
@@ -101,7 +102,7 @@ fn exits_allocate_nothing_after_warm_up() {
             vcpu.regs.set_gpr(6, 0x4000);
             vcpu.regs.set_gpr(7, 0x5000);
             let exit = vcpu.regs.exit_context(bytes.len() as u8);
-            let ctx = MemoryAccessContext::new(bytes, MemoryAccessType::Write, 0x2000);
+            let ctx = MemoryAccessContext::new(bytes, access, 0x2000);
             let r = Emulator::new(&mut *vcpu).emulate_mmio(&exit, &ctx);
             completed += usize::from(r.is_ok());
             exits += 1;

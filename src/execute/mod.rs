@@ -33,6 +33,7 @@ mod xchg;
 use iced_x86::{Instruction, OpKind};
 
 use crate::callbacks::EmulatorCallbacks;
+use crate::context::MemoryAccessType;
 use crate::error::EmulationError;
 use crate::operand::{MemRef, operand_registers};
 use crate::registers::Segment;
@@ -92,6 +93,110 @@ impl Family {
         match self {
             Family::Port(op) => Some(op),
             _ => None,
+        }
+    }
+}
+
+/// Which ways an instruction may access memory, counting its explicit operand, its string
+/// operands and the stack. A write that happens only under a condition (CMPXCHG, a masked
+/// vector store) counts as a write; so does every locked operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MemoryUse {
+    /// Some memory is read.
+    pub reads: bool,
+    /// Some memory is written.
+    pub writes: bool,
+}
+
+impl MemoryUse {
+    const READ: MemoryUse = MemoryUse {
+        reads: true,
+        writes: false,
+    };
+    const WRITE: MemoryUse = MemoryUse {
+        reads: false,
+        writes: true,
+    };
+    const BOTH: MemoryUse = MemoryUse {
+        reads: true,
+        writes: true,
+    };
+
+    /// Whether an exit reporting an access of kind `access` can have come from the
+    /// instruction. An instruction fetch from MMIO can come from any of them.
+    pub(crate) fn allows(self, access: MemoryAccessType) -> bool {
+        match access {
+            MemoryAccessType::Read => self.reads,
+            MemoryAccessType::Write => self.writes,
+            MemoryAccessType::Execute => true,
+        }
+    }
+}
+
+impl Family {
+    /// How the instruction uses memory, so that an exit whose direction the instruction cannot
+    /// produce is refused rather than emulated.
+    pub(crate) fn memory_use(self, instr: &Instruction) -> MemoryUse {
+        let memory_first = instr.op0_kind() == OpKind::Memory;
+        // Register or memory destination: a store when the memory operand is the first.
+        let store_or_load = if memory_first {
+            MemoryUse::WRITE
+        } else {
+            MemoryUse::READ
+        };
+        let rmw_or_load = if memory_first {
+            MemoryUse::BOTH
+        } else {
+            MemoryUse::READ
+        };
+        match self {
+            Family::Move => store_or_load,
+            Family::String(op) => match op.kind {
+                string::StringKind::Movs => MemoryUse::BOTH,
+                string::StringKind::Stos => MemoryUse::WRITE,
+                string::StringKind::Lods | string::StringKind::Cmps | string::StringKind::Scas => {
+                    MemoryUse::READ
+                }
+            },
+            Family::Port(op) => match (op.string, op.is_write) {
+                (false, _) => MemoryUse {
+                    reads: false,
+                    writes: false,
+                },
+                (true, true) => MemoryUse::READ,
+                (true, false) => MemoryUse::WRITE,
+            },
+            Family::Alu(alu::AluKind::Cmp | alu::AluKind::Test) => MemoryUse::READ,
+            Family::Alu(_) => rmw_or_load,
+            Family::Exchange(_) | Family::Shift(_) => MemoryUse::BOTH,
+            Family::Stack(op) => match op.kind {
+                // The operand is read (PUSH m, CALL m) and the stack written.
+                stack::StackKind::Push | stack::StackKind::Call => MemoryUse {
+                    reads: memory_first,
+                    writes: true,
+                },
+                stack::StackKind::PushFlags => MemoryUse::WRITE,
+                // The stack is read and the operand written (POP m).
+                stack::StackKind::Pop => MemoryUse {
+                    reads: true,
+                    writes: memory_first,
+                },
+                stack::StackKind::Jmp | stack::StackKind::Ret | stack::StackKind::Leave => {
+                    MemoryUse::READ
+                }
+            },
+            Family::Bits(bits::BitKind::Bts | bits::BitKind::Btr | bits::BitKind::Btc) => {
+                MemoryUse::BOTH
+            }
+            Family::Bits(_) | Family::MulDiv(_) => MemoryUse::READ,
+            Family::Cond(cond::CondKind::Set) => MemoryUse::WRITE,
+            Family::Cond(cond::CondKind::Move) => MemoryUse::READ,
+            Family::MovX(movx::MovXKind::Movdir64b) => MemoryUse::BOTH,
+            Family::MovX(_) => store_or_load,
+            Family::Vector(op) => match op.dir {
+                vector::Dir::Load => MemoryUse::READ,
+                vector::Dir::Store => MemoryUse::WRITE,
+            },
         }
     }
 }
@@ -205,6 +310,41 @@ pub(crate) mod tests {
     use std::collections::BTreeMap;
     use std::sync::OnceLock;
     use std::vec::Vec;
+
+    /// `Family::memory_use` agrees with iced-x86's own account of each form's memory
+    /// accesses (explicit, string and stack), for every emulated form of the legacy maps.
+    #[test]
+    fn memory_use_matches_iced() {
+        use iced_x86::{InstructionInfoFactory, OpAccess};
+        let mut factory = InstructionInfoFactory::new();
+        let mut checked = 0;
+        for instr in decode_all_forms().values().flatten() {
+            let Some(family) = super::Family::of(instr) else {
+                continue;
+            };
+            if !super::touches_memory(instr) {
+                continue;
+            }
+            let info = factory.info(instr);
+            let mut expected = super::MemoryUse {
+                reads: false,
+                writes: false,
+            };
+            for m in info.used_memory() {
+                let (r, w) = match m.access() {
+                    OpAccess::Read | OpAccess::CondRead => (true, false),
+                    OpAccess::Write | OpAccess::CondWrite => (false, true),
+                    OpAccess::ReadWrite | OpAccess::ReadCondWrite => (true, true),
+                    _ => (false, false),
+                };
+                expected.reads |= r;
+                expected.writes |= w;
+            }
+            assert_eq!(family.memory_use(instr), expected, "{:?}", instr.code());
+            checked += 1;
+        }
+        assert!(checked > 400, "only {checked} forms checked");
+    }
 
     /// Samples of every instruction the one- and two-byte opcode maps decode to, in 16-, 32-
     /// and 64-bit code, with the operand-size, REX.W, LOCK and REP prefixes and both a memory

@@ -816,7 +816,21 @@ pub fn synthesized_exit(g: &Guest, snap: &Snapshot, i: &Instruction) -> ExitInfo
             rep: i.has_rep_prefix() || i.has_repne_prefix(),
         };
     }
-    let is_write = i.op0_kind() != OpKind::Register && i.op_count() > 0;
+    // The first device access of an instruction that reads memory is a read (the read of a
+    // read-modify-write comes first); an instruction that only writes exits on a write.
+    let is_write = !iced_x86::InstructionInfoFactory::new()
+        .info(i)
+        .used_memory()
+        .iter()
+        .any(|m| {
+            matches!(
+                m.access(),
+                iced_x86::OpAccess::Read
+                    | iced_x86::OpAccess::CondRead
+                    | iced_x86::OpAccess::ReadWrite
+                    | iced_x86::OpAccess::ReadCondWrite
+            )
+        });
     let gpa = operand_linears(snap, i)
         .first()
         .and_then(|&la| linear_to_gpa(g, snap, la))
