@@ -288,14 +288,13 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
         Ok(())
     }
 
-    /// Writes `buf` to a translated span.
-    pub(crate) fn write_span(&mut self, span: &Span, buf: &[u8]) -> Res<(), C> {
-        let mut scratch = [0u8; MAX_ACCESS];
+    /// Writes `buf` to a translated span. (`buf` is mutable only because the callback's
+    /// access record is; its contents are not read back.)
+    pub(crate) fn write_span(&mut self, span: &Span, buf: &mut [u8]) -> Res<(), C> {
         for (gpa, range) in span.pieces() {
-            let (Some(src), Some(data)) = (buf.get(range.clone()), scratch.get_mut(range)) else {
+            let Some(data) = buf.get_mut(range) else {
                 continue;
             };
-            data.copy_from_slice(src);
             let mut access = MemoryAccessInfo {
                 gpa_address: gpa,
                 direction: AccessDirection::Write,
@@ -306,6 +305,12 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
                 .map_err(EmulationError::Memory)?;
         }
         Ok(())
+    }
+
+    /// Writes the low `size` bytes (at most 8) of `value` to a translated span.
+    pub(crate) fn write_value(&mut self, span: &Span, value: u64, size: usize) -> Res<(), C> {
+        let mut bytes = value.to_le_bytes();
+        self.write_span(span, bytes.get_mut(..size).unwrap_or(&mut []))
     }
 
     /// Offers an atomic compare-exchange of a translated span to the monitor

@@ -163,7 +163,8 @@ impl<C: EmulatorCallbacks> Emulator<C> {
         cpu.state.preload_segment(Segment::Ds, io.ds);
         cpu.state.preload_segment(Segment::Es, io.es);
         cpu.port_hint = Some(io.port_number);
-        let instr = cpu.decode(bytes)?;
+        let mut instr = iced_x86::Instruction::default();
+        cpu.decode(bytes, &mut instr)?;
         let not_it = || EmulationError::NotTheExitingInstruction { code: instr.code() };
         let family = Family::of(&instr).ok_or_else(not_it)?;
         let op = family.port().ok_or_else(not_it)?;
@@ -173,7 +174,7 @@ impl<C: EmulatorCallbacks> Emulator<C> {
         {
             return Err(not_it());
         }
-        finish(cpu, family, &instr)
+        finish(&mut cpu, family, &instr)
     }
 
     /// Emulates the instruction behind a memory-access exit, saying exactly what went wrong if
@@ -213,7 +214,8 @@ impl<C: EmulatorCallbacks> Emulator<C> {
                 validated,
             });
         }
-        let instr = cpu.decode(bytes)?;
+        let mut instr = iced_x86::Instruction::default();
+        cpu.decode(bytes, &mut instr)?;
         if !execute::touches_memory(&instr) {
             return Err(EmulationError::NotTheExitingInstruction { code: instr.code() });
         }
@@ -225,7 +227,7 @@ impl<C: EmulatorCallbacks> Emulator<C> {
         {
             return Err(EmulationError::NotTheExitingInstruction { code: instr.code() });
         }
-        finish(cpu, family, &instr)
+        finish(&mut cpu, family, &instr)
     }
 }
 
@@ -277,13 +279,13 @@ impl<C: EmulatorCallbacks> Emulator<C> {
 
 /// Gathers the registers, runs the instruction, commits.
 fn finish<C: EmulatorCallbacks>(
-    mut cpu: Cpu<'_, C>,
+    cpu: &mut Cpu<'_, C>,
     family: Family,
     instr: &iced_x86::Instruction,
 ) -> Result<Completion, EmulationError<C::Error>> {
-    let needed = execute::registers_needed(&cpu, family, instr);
-    cpu.fetch(needed)?;
-    let progress = execute::run(&mut cpu, family, instr)?;
+    let (needed, wide) = execute::registers_needed(cpu, family, instr);
+    cpu.fetch_with(needed, wide.names())?;
+    let progress = execute::run(cpu, family, instr)?;
     let completed = progress == Progress::Complete;
     let rip = if completed {
         cpu.state

@@ -271,7 +271,11 @@ impl RegisterFile {
             return Err(RegisterFileError::LengthMismatch);
         }
         for (name, value) in names.iter().zip(values.iter_mut()) {
-            *value = self.read(*name)?;
+            // The GPRs without a round trip through `read`'s 80-byte result.
+            *value = match entry(&self.gpr, RegisterName::RAX, *name) {
+                Some(&v) => RegisterValue::U64(v),
+                None => self.read(*name)?,
+            };
         }
         Ok(())
     }
@@ -289,6 +293,9 @@ impl RegisterFile {
         // Check every pair before writing any (what `write` itself checks), so a bad pair
         // leaves the file unchanged without copying it.
         for (name, value) in names.iter().zip(values) {
+            if matches!(value, RegisterValue::U64(_)) && self.common_u64(*name).is_some() {
+                continue;
+            }
             let kind = core::mem::discriminant(&self.read(*name)?);
             if kind != core::mem::discriminant(value) {
                 return Err(RegisterFileError::WrongValueKind(*name));
@@ -300,9 +307,22 @@ impl RegisterFile {
         Ok(())
     }
 
+    /// The GPRs, RIP and RFLAGS: what nearly every commit writes, found without a search.
+    fn common_u64(&mut self, name: RegisterName) -> Option<&mut u64> {
+        match name {
+            RegisterName::RIP => Some(&mut self.rip),
+            RegisterName::RFLAGS => Some(&mut self.rflags),
+            _ => entry_mut(&mut self.gpr, RegisterName::RAX, name),
+        }
+    }
+
     /// One register's value.
     pub fn read(&self, name: RegisterName) -> Result<RegisterValue, RegisterFileError> {
         use RegisterValue::{Segment as Seg, Table, U64, U128, U256, U512};
+        // The GPRs first: they are most of what an exit asks for.
+        if let Some(&v) = entry(&self.gpr, RegisterName::RAX, name) {
+            return Ok(U64(v));
+        }
         Ok(match name {
             RegisterName::RIP => U64(self.rip),
             RegisterName::RFLAGS => U64(self.rflags),
@@ -315,9 +335,7 @@ impl RegisterFile {
             RegisterName::XCR0 => U64(self.xcr0),
             RegisterName::EFER => U64(self.efer),
             _ => {
-                if let Some(&v) = entry(&self.gpr, RegisterName::RAX, name) {
-                    U64(v)
-                } else if let Some(&s) = entry(&self.segments, RegisterName::ES, name) {
+                if let Some(&s) = entry(&self.segments, RegisterName::ES, name) {
                     Seg(s)
                 } else if let Some(&v) = entry(&self.cr, RegisterName::CR0, name) {
                     U64(v)
@@ -356,6 +374,10 @@ impl RegisterFile {
         name: RegisterName,
         value: RegisterValue,
     ) -> Result<(), RegisterFileError> {
+        if let (RegisterValue::U64(v), Some(slot)) = (value, self.common_u64(name)) {
+            *slot = v;
+            return Ok(());
+        }
         let wrong = RegisterFileError::WrongValueKind(name);
         if core::mem::discriminant(&self.read(name)?) != core::mem::discriminant(&value) {
             return Err(wrong);

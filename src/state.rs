@@ -43,14 +43,42 @@ pub(crate) enum Mode {
     Long,
 }
 
-/// A set of registers the snapshot can hold: a bit mask over [`Slot`]s, plus up to
-/// [`WIDE_REQUEST`] registers held by name (vector, opmask, x87/MMX registers, XCR0: see
-/// [`Cpu::wide`]).
+/// A set of registers the snapshot holds in slots: a bit mask over [`Slot`]s. Registers held
+/// by name (vector, opmask, x87/MMX registers, XCR0) are asked for through [`WideNames`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct RegSet {
     slots: u32,
-    wide: [RegisterName; WIDE_REQUEST],
-    wide_len: u8,
+}
+
+/// Up to [`WIDE_REQUEST`] registers held by name for one batch (see [`Cpu::wide`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WideNames {
+    names: [RegisterName; WIDE_REQUEST],
+    len: u8,
+}
+
+impl WideNames {
+    pub(crate) const EMPTY: WideNames = WideNames {
+        names: [RegisterName(u32::MAX); WIDE_REQUEST],
+        len: 0,
+    };
+
+    /// Adds a name. Beyond [`WIDE_REQUEST`] names the list is unchanged, and [`Cpu::wide`]
+    /// reads the name by itself when asked for it.
+    pub(crate) fn with(mut self, name: RegisterName) -> WideNames {
+        if self.names().contains(&name) {
+            return self;
+        }
+        if let Some(entry) = self.names.get_mut(usize::from(self.len)) {
+            *entry = name;
+            self.len = self.len.saturating_add(1);
+        }
+        self
+    }
+
+    pub(crate) fn names(&self) -> &[RegisterName] {
+        self.names.get(..usize::from(self.len)).unwrap_or(&[])
+    }
 }
 
 /// How many registers held by name one [`RegSet`] can ask for.
@@ -67,6 +95,30 @@ struct Wide {
     name: RegisterName,
     value: RegisterValue,
     dirty: bool,
+}
+
+/// The registers held by name. Created on first use: most exits hold none, and an empty
+/// `heapless::Vec` of this size costs a kilobyte of zeroing to create.
+#[derive(Clone, Debug)]
+struct WideRegs(Option<heapless::Vec<Wide, WIDE_HELD>>);
+
+impl WideRegs {
+    fn iter(&self) -> core::slice::Iter<'_, Wide> {
+        self.0.as_deref().unwrap_or(&[]).iter()
+    }
+
+    fn get(&self, i: usize) -> Option<&Wide> {
+        self.0.as_ref()?.get(i)
+    }
+
+    fn get_mut(&mut self, i: usize) -> Option<&mut Wide> {
+        self.0.as_mut()?.get_mut(i)
+    }
+
+    /// Adds a register; `None` when all [`WIDE_HELD`] places are taken.
+    fn push(&mut self, w: Wide) -> Option<()> {
+        self.0.get_or_insert_with(heapless::Vec::new).push(w).ok()
+    }
 }
 
 /// Where a register lives in the snapshot.
@@ -124,11 +176,7 @@ impl Slot {
 }
 
 impl RegSet {
-    pub(crate) const EMPTY: RegSet = RegSet {
-        slots: 0,
-        wide: [RegisterName(u32::MAX); WIDE_REQUEST],
-        wide_len: 0,
-    };
+    pub(crate) const EMPTY: RegSet = RegSet { slots: 0 };
 
     pub(crate) const fn with(mut self, slot: Slot) -> RegSet {
         self.slots |= 1 << slot.index();
@@ -144,26 +192,6 @@ impl RegSet {
         self.slots & (1 << slot.index()) != 0
     }
 
-    /// Adds a register held by name. Beyond [`WIDE_REQUEST`] names the set is unchanged, and
-    /// [`Cpu::wide`] reads the name by itself when asked for it.
-    pub(crate) fn with_wide(mut self, name: RegisterName) -> RegSet {
-        let len = usize::from(self.wide_len);
-        let held = self.wide.get(..len).unwrap_or(&[]);
-        if held.contains(&name) {
-            return self;
-        }
-        if let Some(entry) = self.wide.get_mut(len) {
-            *entry = name;
-            self.wide_len = self.wide_len.saturating_add(1);
-        }
-        self
-    }
-
-    /// The registers held by name in the set.
-    fn wide_names(&self) -> &[RegisterName] {
-        self.wide.get(..usize::from(self.wide_len)).unwrap_or(&[])
-    }
-
     /// Adds the full GPR behind an iced register (AL, AX, EAX and RAX all mean RAX); other
     /// registers are ignored.
     pub(crate) fn with_register(self, reg: Register) -> RegSet {
@@ -177,18 +205,27 @@ impl RegSet {
     }
 }
 
-/// The hardware number of the GPR behind `reg`, if it is a GPR.
+/// The hardware number of the GPR behind `reg`, if it is a GPR (AL, AH, AX, EAX and RAX all
+/// mean 0). Arithmetic on iced-x86's register numbering (checked against its
+/// `full_register` for every register in the tests), because it runs on every exit.
+#[inline]
 pub(crate) fn gpr_index(reg: Register) -> Option<u8> {
-    if !reg.is_gpr() {
-        return None;
-    }
-    let full = reg.full_register() as u32;
-    full.checked_sub(Register::RAX as u32)
-        .and_then(|n| u8::try_from(n).ok())
-        .filter(|n| *n < 16)
+    let r = reg as u32;
+    let n = match r {
+        // AL, CL, DL, BL.
+        1..=4 => r.wrapping_sub(1),
+        // AH, CH, DH, BH are bits 8..15 of RAX..RBX; SPL..R15L follow at 4.
+        5..=8 => r.wrapping_sub(5),
+        9..=20 => r.wrapping_sub(5),
+        // AX..R15W, EAX..R15D, RAX..R15: three blocks of sixteen.
+        21..=68 => r.wrapping_sub(21) % 16,
+        _ => return None,
+    };
+    Some(n as u8)
 }
 
 /// The segment named by an iced segment register.
+#[inline]
 pub(crate) fn segment_of(reg: Register) -> Option<Segment> {
     Some(match reg {
         Register::ES => Segment::Es,
@@ -227,7 +264,7 @@ pub(crate) struct State {
     loaded: RegSet,
     dirty: RegSet,
     /// Registers held by name (vector, opmask, x87/MMX, XCR0), read or written.
-    wide: heapless::Vec<Wide, WIDE_HELD>,
+    wide: WideRegs,
 }
 
 impl State {
@@ -271,7 +308,7 @@ impl State {
             efer: 0,
             loaded: RegSet::EMPTY.with(Slot::Seg(Segment::Cs)),
             dirty: RegSet::EMPTY,
-            wide: heapless::Vec::new(),
+            wide: WideRegs(None),
         }
     }
 
@@ -324,7 +361,7 @@ impl State {
             }
             // No family holds more than WIDE_HELD names; should one try, it is a form hvemu
             // does not emulate rather than a panic.
-            None => self.wide.push(Wide { name, value, dirty }).map_err(|_| {
+            None => self.wide.push(Wide { name, value, dirty }).ok_or_else(|| {
                 EmulationError::Unsupported {
                     code: iced_x86::Code::INVALID,
                 }
@@ -393,43 +430,50 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
 
     /// Reads every register in `set` not yet held, in one `get_registers` call.
     pub(crate) fn fetch(&mut self, set: RegSet) -> Res<(), C> {
+        self.fetch_with(set, &[])
+    }
+
+    /// Reads every register in `set` and every name in `wide` not yet held, in one
+    /// `get_registers` call.
+    pub(crate) fn fetch_with(&mut self, set: RegSet, wide: &[RegisterName]) -> Res<(), C> {
         const BATCH: usize = SLOT_COUNT + WIDE_REQUEST;
         let missing = set.slots & !self.state.loaded.slots;
         let mut names: heapless::Vec<RegisterName, BATCH> = heapless::Vec::new();
-        let mut slots: heapless::Vec<Slot, SLOT_COUNT> = heapless::Vec::new();
-        for slot in (0..SLOT_COUNT as u32)
-            .filter(|i| missing & (1 << i) != 0)
-            .map(Slot::from_index)
-        {
-            // At most SLOT_COUNT slots exist, so neither push can fail.
+        let mut bits = missing;
+        while bits != 0 {
+            let slot = Slot::from_index(bits.trailing_zeros());
+            bits &= bits.wrapping_sub(1);
+            // At most SLOT_COUNT slots exist: the push cannot fail.
             let _ = names.push(slot.name());
-            let _ = slots.push(slot);
         }
-        for name in set.wide_names() {
-            if self.state.wide_index(*name).is_none() {
-                // At most WIDE_REQUEST names: the push cannot fail.
+        let slot_count = names.len();
+        for name in wide {
+            if self.state.wide_index(*name).is_none() && !names.contains(name) {
+                // Beyond BATCH names the rest are left out; `Cpu::wide` reads them singly.
                 let _ = names.push(*name);
             }
         }
         if names.is_empty() {
             return Ok(());
         }
-        let mut values: heapless::Vec<RegisterValue, BATCH> = heapless::Vec::new();
-        // `names` holds at most BATCH entries: the resize cannot fail.
-        let _ = values.resize_default(names.len());
-        self.cb
-            .get_registers(&names, &mut values)
-            .map_err(EmulationError::GetRegisters)?;
-        for (slot, value) in slots.iter().zip(values.iter()) {
-            self.state
-                .store(*slot, *value)
-                .map_err(EmulationError::BadRegisterValue)?;
-        }
-        for (name, value) in names.iter().zip(values.iter()).skip(slots.len()) {
-            self.state.hold_wide(*name, *value, false)?;
-        }
-        self.state.loaded.slots |= missing;
-        Ok(())
+        with_values(names.len(), |values| {
+            self.cb
+                .get_registers(&names, values)
+                .map_err(EmulationError::GetRegisters)?;
+            let mut bits = missing;
+            for value in values.iter().take(slot_count) {
+                let slot = Slot::from_index(bits.trailing_zeros());
+                bits &= bits.wrapping_sub(1);
+                self.state
+                    .store(slot, *value)
+                    .map_err(EmulationError::BadRegisterValue)?;
+            }
+            for (name, value) in names.iter().zip(values.iter()).skip(slot_count) {
+                self.state.hold_wide(*name, *value, false)?;
+            }
+            self.state.loaded.slots |= missing;
+            Ok(())
+        })
     }
 
     /// A register held by name (a vector view, an opmask, an x87/MMX register, XCR0 …), as
@@ -437,7 +481,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
     /// [`RegSet::with_wide`]; otherwise read by itself here.
     pub(crate) fn wide(&mut self, name: RegisterName) -> Res<RegisterValue, C> {
         if self.state.wide_index(name).is_none() {
-            self.fetch(RegSet::EMPTY.with_wide(name))?;
+            self.fetch_with(RegSet::EMPTY, &[name])?;
         }
         self.state
             .wide_index(name)
@@ -449,10 +493,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
     /// Reads the registers held by name in `names` that are not held yet, in one
     /// `get_registers` call (at most [`WIDE_REQUEST`] of them).
     pub(crate) fn fetch_wide(&mut self, names: &[RegisterName]) -> Res<(), C> {
-        let set = names
-            .iter()
-            .fold(RegSet::EMPTY, |set, name| set.with_wide(*name));
-        self.fetch(set)
+        self.fetch_with(RegSet::EMPTY, names.get(..WIDE_REQUEST).unwrap_or(names))
     }
 
     /// Writes a register held by name; the commit passes it to `set_registers`.
@@ -580,38 +621,71 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
         completed: bool,
     ) -> Res<(), C> {
         let new_rip = self.state.branch.unwrap_or(new_rip);
-        // 16 GPRs, RIP, RFLAGS and the registers held by name: pushes cannot fail.
-        const MOST: usize = 19 + WIDE_HELD;
-        let mut names: heapless::Vec<RegisterName, MOST> = heapless::Vec::new();
-        let mut values: heapless::Vec<RegisterValue, MOST> = heapless::Vec::new();
-        for (n, value) in (0u8..).zip(self.state.gpr) {
-            if self.state.dirty.contains(Slot::Gpr(n)) {
-                let _ = names.push(RegisterName(u32::from(n)));
-                let _ = values.push(RegisterValue::U64(value));
-            }
-        }
-        let _ = names.push(RegisterName::RIP);
-        let _ = values.push(RegisterValue::U64(new_rip));
         let rflags = if completed {
             self.state.rflags & !RFLAGS_RF
         } else {
             self.state.rflags | RFLAGS_RF
         };
-        if rflags != self.state.rflags_at_exit {
-            let _ = names.push(RegisterName::RFLAGS);
-            let _ = values.push(RegisterValue::U64(rflags));
-        }
-        for w in self.state.wide.iter().filter(|w| w.dirty) {
-            let _ = names.push(w.name);
-            let _ = values.push(w.value);
-        }
-        if let Some(event) = event {
-            let _ = names.push(RegisterName::PENDING_EVENT);
-            let _ = values.push(RegisterValue::U128(event));
-        }
-        self.cb
-            .set_registers(&names, &values)
-            .map_err(EmulationError::SetRegisters)
+        let rflags = (rflags != self.state.rflags_at_exit).then_some(rflags);
+        let gprs = self.state.dirty.slots & 0xFFFF;
+        let wide = self.state.wide.iter().filter(|w| w.dirty);
+        let count = (gprs.count_ones() as usize)
+            .saturating_add(1)
+            .saturating_add(usize::from(rflags.is_some()))
+            .saturating_add(wide.clone().count())
+            .saturating_add(usize::from(event.is_some()));
+        // 16 GPRs, RIP, RFLAGS, the registers held by name and the event: at most
+        // `MOST_VALUES`, so nothing below is dropped.
+        let mut names = [RegisterName::RIP; MOST_VALUES];
+        let state = &self.state;
+        let cb = &mut *self.cb;
+        with_values(count, |values| {
+            let mut n = 0usize;
+            let mut put = |name: RegisterName, value: RegisterValue| {
+                if let (Some(slot), Some(v)) = (names.get_mut(n), values.get_mut(n)) {
+                    *slot = name;
+                    *v = value;
+                }
+                n = n.wrapping_add(1);
+            };
+            let mut bits = gprs;
+            while bits != 0 {
+                let i = bits.trailing_zeros();
+                bits &= bits.wrapping_sub(1);
+                let value = state.gpr.get(i as usize).copied().unwrap_or(0);
+                put(RegisterName(i), RegisterValue::U64(value));
+            }
+            put(RegisterName::RIP, RegisterValue::U64(new_rip));
+            if let Some(r) = rflags {
+                put(RegisterName::RFLAGS, RegisterValue::U64(r));
+            }
+            for w in wide {
+                put(w.name, w.value);
+            }
+            if let Some(e) = event {
+                put(RegisterName::PENDING_EVENT, RegisterValue::U128(e));
+            }
+            cb.set_registers(names.get(..values.len()).unwrap_or(&[]), values)
+                .map_err(EmulationError::SetRegisters)
+        })
+    }
+}
+
+/// The most register values one `get_registers` or `set_registers` call carries.
+const MOST_VALUES: usize = SLOT_COUNT + WIDE_HELD;
+
+/// Runs `f` over `n` (at most [`MOST_VALUES`]) placeholder register values on the stack. The
+/// common exit moves a handful, and a value is 80 bytes: a small array for them keeps the
+/// common exit from initialising kilobytes.
+fn with_values<R>(n: usize, f: impl FnOnce(&mut [RegisterValue]) -> R) -> R {
+    const SMALL: usize = 6;
+    if n <= SMALL {
+        let mut values = [RegisterValue::U64(0); SMALL];
+        f(values.get_mut(..n).unwrap_or(&mut []))
+    } else {
+        let mut values = [RegisterValue::U64(0); MOST_VALUES];
+        let n = n.min(MOST_VALUES);
+        f(values.get_mut(..n).unwrap_or(&mut []))
     }
 }
 
@@ -653,5 +727,27 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
         };
         self.set_gpr(n, new);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use iced_x86::Register;
+
+    use super::gpr_index;
+
+    /// The arithmetic GPR numbering agrees with iced-x86's own register tables.
+    #[test]
+    fn gpr_index_matches_iced() {
+        for reg in Register::values() {
+            let expected = if reg.is_gpr() {
+                let full = reg.full_register() as u32 - Register::RAX as u32;
+                Some(full as u8)
+            } else {
+                None
+            };
+            assert_eq!(gpr_index(reg), expected, "{reg:?}");
+        }
     }
 }

@@ -41,51 +41,75 @@ pub fn warm_up() {
 }
 
 impl<C: EmulatorCallbacks> Cpu<'_, C> {
-    /// Decodes the instruction at RIP, starting from the bytes the exit carried.
-    pub(crate) fn decode(&mut self, exit_bytes: &[u8]) -> Res<Instruction, C> {
-        let mut buf = [0u8; MAX_INSTRUCTION];
-        let mut len = exit_bytes.len().min(MAX_INSTRUCTION);
-        if let (Some(dst), Some(src)) = (buf.get_mut(..len), exit_bytes.get(..len)) {
-            dst.copy_from_slice(src);
-        }
+    /// Decodes the instruction at RIP into `instr`, starting from the bytes the exit carried.
+    pub(crate) fn decode(&mut self, exit_bytes: &[u8], instr: &mut Instruction) -> Res<(), C> {
         let options = match self.config.vendor {
             Vendor::Intel => DecoderOptions::NONE,
             Vendor::Amd => DecoderOptions::AMD,
         };
+        let exit_bytes = exit_bytes.get(..MAX_INSTRUCTION).unwrap_or(exit_bytes);
+        // The common exit carries the whole instruction: decode it in place.
+        let mut decoder = self.decoder(exit_bytes, options);
+        decoder.decode_out(instr);
+        if instr.is_invalid() {
+            let error = decoder.last_error();
+            let mut buf = [0u8; MAX_INSTRUCTION];
+            let len = exit_bytes.len();
+            if let Some(dst) = buf.get_mut(..len) {
+                dst.copy_from_slice(exit_bytes);
+            }
+            self.decode_fetching(buf, len, error, options, instr)?;
+        }
+        // The processor fetched every byte: the whole instruction lies within the CS limit
+        // and, in 64-bit mode, at canonical addresses (even when the exit supplied the bytes
+        // and nothing was fetched here).
+        let ip = self.state.mask_ip(self.state.rip);
+        self.linearize(Segment::Cs, ip, instr.len(), Intent::Execute)?;
+        Ok(())
+    }
+
+    /// A decoder over `bytes` at RIP in the code segment's bitness.
+    fn decoder<'b>(&self, bytes: &'b [u8], options: u32) -> Decoder<'b> {
+        // `code_bits` is 16, 32 or 64 by construction (`State::new`), the only bitnesses
+        // `with_ip` refuses; it avoids moving a `Result<Decoder>` (about 400 bytes) per exit.
+        Decoder::with_ip(self.state.code_bits, bytes, self.state.rip, options)
+    }
+
+    /// The rare path: the exit's `len` bytes in `buf` did not decode. Fetches what is missing
+    /// from guest memory, or says why the bytes are not an instruction.
+    fn decode_fetching(
+        &mut self,
+        mut buf: [u8; MAX_INSTRUCTION],
+        mut len: usize,
+        mut error: DecoderError,
+        options: u32,
+        instr: &mut Instruction,
+    ) -> Res<(), C> {
         // Each round either decodes, fails, or fetches at least one more byte, and at most
         // 15 bytes can be fetched: the loop ends.
         loop {
             let bytes = buf.get(..len).unwrap_or(&[]);
-            let undecodable = || EmulationError::Undecodable {
-                bytes: buf,
-                len: len as u8,
-            };
-            let mut decoder =
-                Decoder::try_with_ip(self.state.code_bits, bytes, self.state.rip, options)
-                    .map_err(|_| undecodable())?;
-            let instr = decoder.decode();
-            if !instr.is_invalid() {
-                // The processor fetched every byte: the whole instruction lies within the CS
-                // limit and, in 64-bit mode, at canonical addresses (even when the exit supplied
-                // the bytes and nothing was fetched here).
-                let ip = self.state.mask_ip(self.state.rip);
-                self.linearize(Segment::Cs, ip, instr.len(), Intent::Execute)?;
-                return Ok(instr);
-            }
-            if decoder.last_error() != DecoderError::NoMoreBytes || len >= MAX_INSTRUCTION {
+            if error != DecoderError::NoMoreBytes || len >= MAX_INSTRUCTION {
                 // LOCK where the instruction or its operand does not allow it is #UD (SDM Vol.
                 // 2A "LOCK"); iced-x86 calls such bytes invalid unless told not to check.
                 let relaxed = options | DecoderOptions::NO_INVALID_CHECK;
-                if let Ok(mut lax) = Decoder::try_with_ip(self.state.code_bits, bytes, 0, relaxed) {
-                    let lax = lax.decode();
-                    if !lax.is_invalid() && lax.has_lock_prefix() {
-                        return Err(Exception::ud().into());
-                    }
+                let lax = self.decoder(bytes, relaxed).decode();
+                if !lax.is_invalid() && lax.has_lock_prefix() {
+                    return Err(Exception::ud().into());
                 }
-                return Err(undecodable());
+                return Err(EmulationError::Undecodable {
+                    bytes: buf,
+                    len: len as u8,
+                });
             }
             let fetched = self.fetch_code(len, buf.get_mut(len..).unwrap_or(&mut []))?;
             len = len.saturating_add(fetched);
+            let mut decoder = self.decoder(buf.get(..len).unwrap_or(&[]), options);
+            decoder.decode_out(instr);
+            if !instr.is_invalid() {
+                return Ok(());
+            }
+            error = decoder.last_error();
         }
     }
 

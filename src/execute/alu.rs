@@ -351,8 +351,7 @@ pub(crate) fn run_op<O: AluOp, C: EmulatorCallbacks>(
             cpu.read_span(&span, buf.get_mut(..size).unwrap_or(&mut []))?;
             let outcome = O::apply(u64::from_le_bytes(buf), src, rflags, size);
             if O::WRITES {
-                let bytes = outcome.value.to_le_bytes();
-                cpu.write_span(&span, bytes.get(..size).unwrap_or(&[]))?;
+                cpu.write_value(&span, outcome.value, size)?;
             }
             outcome
         }

@@ -64,7 +64,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
                 return Err(unsupported(instr));
             }
             let span = cpu.resolve(mem, 1, Intent::Write)?;
-            cpu.write_span(&span, &[u8::from(holds)])
+            cpu.write_value(&span, u64::from(holds), 1)
         }
         CondKind::Move => {
             if !matches!(size, 2 | 4 | 8) || instr.op0_kind() != OpKind::Register {

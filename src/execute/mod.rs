@@ -38,7 +38,7 @@ use crate::error::EmulationError;
 use crate::operand::{MemRef, operand_registers};
 use crate::registers::Segment;
 use crate::rep::Progress;
-use crate::state::{Cpu, Mode, RegSet, Res, Slot, gpr};
+use crate::state::{Cpu, Mode, RegSet, Res, Slot, WideNames, gpr};
 
 /// The family an instruction belongs to, which decides how it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,8 +226,9 @@ pub(crate) fn registers_needed<C: EmulatorCallbacks>(
     cpu: &Cpu<'_, C>,
     family: Family,
     instr: &Instruction,
-) -> RegSet {
+) -> (RegSet, WideNames) {
     let mut set = operand_registers(instr);
+    let mut wide = WideNames::EMPTY;
     match family {
         Family::Move => set = mov::registers(set, instr),
         Family::String(op) => set = op.registers(set, instr),
@@ -253,7 +254,7 @@ pub(crate) fn registers_needed<C: EmulatorCallbacks>(
         | Family::MulDiv(_)
         | Family::Cond(_)
         | Family::MovX(_) => {}
-        Family::Vector(op) => set = vector::registers(set, instr, op),
+        Family::Vector(op) => wide = vector::registers(instr, op),
     }
     if cpu.state.mode == Mode::Long {
         // Only FS and GS have bases in 64-bit mode; the others need not be read.
@@ -261,7 +262,7 @@ pub(crate) fn registers_needed<C: EmulatorCallbacks>(
             set = set.without(Slot::Seg(s));
         }
     }
-    set
+    (set, wide)
 }
 
 /// Runs the instruction.

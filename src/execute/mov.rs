@@ -70,8 +70,7 @@ pub(super) fn run<C: EmulatorCallbacks>(cpu: &mut Cpu<'_, C>, instr: &Instructio
             _ => return Err(unsupported(instr)),
         };
         let span = cpu.resolve(mem, size, Intent::Write)?;
-        let bytes = value.to_le_bytes();
-        return cpu.write_span(&span, bytes.get(..size).unwrap_or(&[]));
+        return cpu.write_value(&span, value, size);
     }
     let value = read_value(cpu, mem, size)?;
     let value = match instr.mnemonic() {

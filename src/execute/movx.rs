@@ -81,8 +81,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
                 MovXKind::Movnti | MovXKind::Movdiri | MovXKind::Movdir64b => value,
             };
             let span = cpu.resolve(mem, size, Intent::Write)?;
-            let bytes = value.to_le_bytes();
-            cpu.write_span(&span, bytes.get(..size).unwrap_or(&[]))
+            cpu.write_value(&span, value, size)
         }
         (OpKind::Register, OpKind::Memory) if kind == MovXKind::Movbe => {
             let value = read_value(cpu, mem, size)?;
@@ -112,5 +111,5 @@ fn movdir64b<C: EmulatorCallbacks>(cpu: &mut Cpu<'_, C>, instr: &Instruction) ->
     let dst = cpu.translate(linear, SIZE, Intent::Write, Privilege::Current)?;
     let mut data = [0u8; SIZE];
     cpu.read_span(&src, &mut data)?;
-    cpu.write_span(&dst, &data)
+    cpu.write_span(&dst, &mut data)
 }

@@ -434,8 +434,7 @@ pub(crate) fn run_op<O: ShiftOp, C: EmulatorCallbacks>(
     } else {
         O::apply(value, src, masked, rflags, size, cpu.config.vendor)
     };
-    let bytes = update.value.to_le_bytes();
-    cpu.write_span(&span, bytes.get(..size).unwrap_or(&[]))?;
+    cpu.write_value(&span, update.value, size)?;
     cpu.state.rflags = update.rflags(rflags);
     Ok(())
 }

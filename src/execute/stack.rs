@@ -241,7 +241,7 @@ fn write_span_value<C: EmulatorCallbacks>(
     size: usize,
     value: u64,
 ) -> Res<(), C> {
-    cpu.write_span(span, value.to_le_bytes().get(..size).unwrap_or(&[]))
+    cpu.write_value(span, value, size)
 }
 
 /// Runs the instruction.

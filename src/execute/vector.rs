@@ -74,7 +74,7 @@ use crate::callbacks::EmulatorCallbacks;
 use crate::error::{EmulationError, Exception};
 use crate::operand::MemRef;
 use crate::registers::{RegisterName, RegisterValue, Segment};
-use crate::state::{Cpu, Mode, RegSet, Res};
+use crate::state::{Cpu, Mode, Res, WideNames};
 
 /// Which way the move goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -433,23 +433,24 @@ fn number(reg: Register) -> u8 {
 }
 
 /// Adds the registers the move reads to the batch (the address registers are there already).
-pub(super) fn registers(mut set: RegSet, instr: &Instruction, op: VecMove) -> RegSet {
+pub(super) fn registers(instr: &Instruction, op: VecMove) -> WideNames {
+    let mut set = WideNames::EMPTY;
     let (reg, src2) = register_operands(instr, op);
     let n = number(reg);
     if op.file == File::Mmx {
-        set = set.with_wide(RegisterName::FP_CONTROL_STATUS);
+        set = set.with(RegisterName::FP_CONTROL_STATUS);
         if op.dir == Dir::Store {
             if let Some(name) = RegisterName::fp_mmx(n) {
-                set = set.with_wide(name);
+                set = set.with(name);
             }
         }
         return set;
     }
     if op.enc != Enc::Legacy {
-        set = set.with_wide(RegisterName::XCR0);
+        set = set.with(RegisterName::XCR0);
     }
     if let Some(k) = mask_register(instr, op) {
-        set = set.with_wide(k);
+        set = set.with(k);
     }
     let width = reg.size();
     let read = match op.dir {
@@ -462,7 +463,7 @@ pub(super) fn registers(mut set: RegSet, instr: &Instruction, op: VecMove) -> Re
         Dir::Load => None,
     };
     if let Some(name) = read {
-        set = set.with_wide(name);
+        set = set.with(name);
     }
     set
 }
@@ -709,7 +710,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
                 dst.copy_from_slice(src);
             }
             for (span, r) in &spans {
-                if let Some(bytes) = data.get(r.start..).and_then(|b| b.get(..r.len)) {
+                if let Some(bytes) = data.get_mut(r.start..).and_then(|b| b.get_mut(..r.len)) {
                     cpu.write_span(span, bytes)?;
                 }
             }

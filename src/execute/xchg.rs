@@ -174,7 +174,8 @@ pub(crate) fn read_modify_write<C: EmulatorCallbacks>(
     cpu.read_span(span, buf.get_mut(..size).unwrap_or(&mut []))?;
     let old = u128::from_le_bytes(buf) & m;
     let new = update(old) & m;
-    cpu.write_span(span, new.to_le_bytes().get(..size).unwrap_or(&[]))?;
+    let mut bytes = new.to_le_bytes();
+    cpu.write_span(span, bytes.get_mut(..size).unwrap_or(&mut []))?;
     Ok(Rmw::Done { old })
 }
 
