@@ -67,32 +67,48 @@ pub(crate) struct GpaHint {
     pub validated: TranslateGvaFlags,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 struct TlbEntry {
     page: u64,
     gpa: u64,
     flags: TranslateGvaFlags,
-    valid: bool,
 }
 
 /// Translations made during one call. Four entries cover the pages any one instruction or REP
 /// iteration touches (two operands, each possibly split).
 const TLB_ENTRIES: usize = 4;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct Tlb {
     entries: [TlbEntry; TLB_ENTRIES],
+    /// How many entries hold a translation (they fill in order, then are reused in turn).
+    used: usize,
     next: usize,
 }
 
 impl Tlb {
+    /// No translations. A constant, so that creating one per exit is a few plain stores.
+    pub(crate) const EMPTY: Tlb = Tlb {
+        entries: [TlbEntry {
+            page: 0,
+            gpa: 0,
+            flags: TranslateGvaFlags::empty(),
+        }; TLB_ENTRIES],
+        used: 0,
+        next: 0,
+    };
+
+    fn valid(&self) -> &[TlbEntry] {
+        self.entries.get(..self.used).unwrap_or(&self.entries)
+    }
+
     /// A translation of `page` validated for at least `flags`, made with the same privilege:
     /// a walk for an implicit supervisor access (TSS, descriptor tables) never serves the
     /// instruction's own accesses, nor the other way round (SMAP treats the two differently).
     fn lookup(&self, page: u64, flags: TranslateGvaFlags) -> Option<u64> {
-        self.entries
+        self.valid()
             .iter()
-            .find(|e| e.valid && e.page == page && same_privilege(e.flags, flags))
+            .find(|e| e.page == page && same_privilege(e.flags, flags))
             .filter(|e| e.flags.contains(flags & VALIDATE))
             .map(|e| e.gpa)
     }
@@ -100,9 +116,13 @@ impl Tlb {
     fn insert(&mut self, page: u64, gpa: u64, flags: TranslateGvaFlags) {
         // Replace a weaker translation of the same page and privilege in place, so lookups
         // stay unambiguous.
-        let same = |e: &TlbEntry| e.valid && e.page == page && same_privilege(e.flags, flags);
-        let slot = match self.entries.iter().position(same) {
+        let same = |e: &TlbEntry| e.page == page && same_privilege(e.flags, flags);
+        let slot = match self.valid().iter().position(same) {
             Some(i) => i,
+            None if self.used < TLB_ENTRIES => {
+                self.used = self.used.wrapping_add(1);
+                self.used.wrapping_sub(1)
+            }
             None => {
                 let i = self.next % TLB_ENTRIES;
                 self.next = i.wrapping_add(1) % TLB_ENTRIES;
@@ -110,12 +130,7 @@ impl Tlb {
             }
         };
         if let Some(e) = self.entries.get_mut(slot) {
-            *e = TlbEntry {
-                page,
-                gpa,
-                flags,
-                valid: true,
-            };
+            *e = TlbEntry { page, gpa, flags };
         }
     }
 }

@@ -417,7 +417,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
             cb,
             state: State::new(vp),
             config,
-            tlb: crate::access::Tlb::default(),
+            tlb: crate::access::Tlb::EMPTY,
             hint: None,
             port_hint: None,
             rep_budget: if vp.rflags & RFLAGS_TF != 0 {
