@@ -264,6 +264,118 @@ pub trait EmulatorCallbacks {
         let _ = (gpa, expected, new, current);
         Ok(None)
     }
+
+    /// Provided: a block copy within guest-physical memory, for REP MOVS.
+    ///
+    /// hvemu offers the iterations of a REP MOVS that stay within one source page and one
+    /// destination page, after translating and checking both: copy `len` bytes from `src` to
+    /// `dst` and return `Ok(true)`. The ranges do not overlap (hvemu splits a copy whose
+    /// operands are closer than its length) and neither crosses a 4 KiB page, so the monitor
+    /// decides per page whether a range is RAM.
+    ///
+    /// Return `Ok(false)` — what the default does — to decline, having done nothing: hvemu then
+    /// moves the elements one by one through `memory`, as the processor's accesses to MMIO
+    /// must be (a device sees each element at its own size). Decline unless both ranges are
+    /// plain RAM. An `Err` stops the emulation as a failed `memory` call does.
+    ///
+    /// ```
+    /// # use hvemu::*;
+    /// struct Ram(Vec<u8>);
+    /// impl Ram {
+    ///     fn is_ram(&self, gpa: u64, len: usize) -> bool {
+    ///         gpa as usize + len <= self.0.len()
+    ///     }
+    /// }
+    /// # impl EmulatorCallbacks for Ram {
+    /// #     type Error = ();
+    /// #     fn io_port(&mut self, _: &mut IoAccessInfo) -> Result<(), ()> { Err(()) }
+    /// #     fn memory(&mut self, _: &mut MemoryAccessInfo<'_>) -> Result<(), ()> { Err(()) }
+    /// #     fn get_registers(&mut self, _: &[RegisterName], _: &mut [RegisterValue]) -> Result<(), ()> { Err(()) }
+    /// #     fn set_registers(&mut self, _: &[RegisterName], _: &[RegisterValue]) -> Result<(), ()> { Err(()) }
+    /// #     fn translate_gva_page(&mut self, _: u64, _: TranslateGvaFlags)
+    /// #         -> Result<(TranslateGvaResult, u64), ()> { Err(()) }
+    ///     fn copy_memory(&mut self, dst: u64, src: u64, len: usize) -> Result<bool, ()> {
+    ///         if !(self.is_ram(dst, len) && self.is_ram(src, len)) {
+    ///             return Ok(false); // MMIO: element by element through `memory`
+    ///         }
+    ///         let src = src as usize;
+    ///         self.0.copy_within(src..src + len, dst as usize);
+    ///         Ok(true)
+    ///     }
+    /// # }
+    /// ```
+    fn copy_memory(&mut self, dst: u64, src: u64, len: usize) -> Result<bool, Self::Error> {
+        let _ = (dst, src, len);
+        Ok(false)
+    }
+
+    /// Provided: a block fill of guest-physical memory, for REP STOS.
+    ///
+    /// hvemu offers the iterations of a REP STOS that stay within one page, after translating
+    /// and checking it: write `count` copies of `element` (1, 2, 4 or 8 bytes, in memory
+    /// order) one after another from `dst` upwards, and return `Ok(true)`. (With RFLAGS.DF set
+    /// the processor stores them downwards; the result in RAM is the same, and `dst` is then
+    /// the lowest address written.) The range does not cross a 4 KiB page.
+    ///
+    /// Return `Ok(false)` — what the default does — to decline, having done nothing: hvemu then
+    /// stores the elements one by one through `memory`. Decline unless the range is plain RAM.
+    /// An `Err` stops the emulation as a failed `memory` call does.
+    fn fill_memory(&mut self, dst: u64, element: &[u8], count: usize) -> Result<bool, Self::Error> {
+        let _ = (dst, element, count);
+        Ok(false)
+    }
+
+    /// Provided: a batch of string port I/O, for REP INS and REP OUTS.
+    ///
+    /// hvemu offers the iterations of a REP INS or REP OUTS whose memory operands stay within
+    /// one page, after translating and checking it and the port's permission: perform
+    /// `access.count` port accesses of `access.access_size` bytes at `access.port`, each
+    /// moving one element between the port and guest-physical memory, and return `Ok(true)`.
+    /// Element `i` lies at `access.gpa + i × access_size`, or, when `access.descending`,
+    /// element `i` is the `i`-th from the top (`access.gpa` is always the lowest address):
+    /// OUTS (`direction` [`AccessDirection::Write`]) reads each element from memory and writes
+    /// it to the port; INS (`Read`) reads the port and stores the element.
+    ///
+    /// Return `Ok(false)` — what the default does — to decline, having done nothing: hvemu then
+    /// makes one `io_port` and one `memory` call per element. Decline unless the memory range
+    /// is plain RAM (an MMIO range must see each element between the port accesses). An `Err`
+    /// stops the emulation as a failed `io_port` call does; return it only if no element was
+    /// moved.
+    fn io_port_string(&mut self, access: &StringIoAccess) -> Result<bool, Self::Error> {
+        let _ = access;
+        Ok(false)
+    }
+}
+
+/// A batch of string port accesses offered to [`EmulatorCallbacks::io_port_string`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StringIoAccess {
+    /// The port.
+    pub port: u16,
+    /// Bytes per element and per port access: 1, 2 or 4.
+    pub access_size: u8,
+    /// `Write` for OUTS (memory to port), `Read` for INS (port to memory).
+    pub direction: AccessDirection,
+    /// The guest-physical address of the lowest element.
+    pub gpa: u64,
+    /// How many elements (at least 1); they all lie within one 4 KiB page.
+    pub count: u32,
+    /// RFLAGS.DF was set: the first element is the highest one.
+    pub descending: bool,
+}
+
+impl StringIoAccess {
+    /// The guest-physical address of the `i`-th element moved.
+    pub fn element_gpa(&self, i: u32) -> u64 {
+        let size = u64::from(self.access_size);
+        let index = if self.descending {
+            u64::from(self.count.saturating_sub(1).saturating_sub(i))
+        } else {
+            u64::from(i)
+        };
+        self.gpa.wrapping_add(index.wrapping_mul(size))
+    }
 }
 
 impl<T: EmulatorCallbacks + ?Sized> EmulatorCallbacks for &mut T {
@@ -299,6 +411,18 @@ impl<T: EmulatorCallbacks + ?Sized> EmulatorCallbacks for &mut T {
         flags: TranslateGvaFlags,
     ) -> Result<(TranslateGvaResult, u64), Self::Error> {
         (**self).translate_gva_page(gva_page, flags)
+    }
+
+    fn copy_memory(&mut self, dst: u64, src: u64, len: usize) -> Result<bool, Self::Error> {
+        (**self).copy_memory(dst, src, len)
+    }
+
+    fn fill_memory(&mut self, dst: u64, element: &[u8], count: usize) -> Result<bool, Self::Error> {
+        (**self).fill_memory(dst, element, count)
+    }
+
+    fn io_port_string(&mut self, access: &StringIoAccess) -> Result<bool, Self::Error> {
+        (**self).io_port_string(access)
     }
 
     fn compare_exchange(

@@ -46,8 +46,8 @@ mod rep;
 mod state;
 
 pub use callbacks::{
-    AccessDirection, EmulatorCallbacks, IoAccessInfo, MemoryAccessInfo, TranslateGvaFlags,
-    TranslateGvaResult,
+    AccessDirection, EmulatorCallbacks, IoAccessInfo, MemoryAccessInfo, StringIoAccess,
+    TranslateGvaFlags, TranslateGvaResult,
 };
 pub use config::{Config, Vendor};
 pub use context::{
