@@ -5,8 +5,8 @@
 //! vouches for the access being made.
 
 use crate::callbacks::{
-    AccessDirection, EmulatorCallbacks, IoAccessInfo, MemoryAccessInfo, TranslateGvaFlags,
-    TranslateGvaResult,
+    AccessDirection, EmulatorCallbacks, IoAccessInfo, MemoryAccessInfo, StringIoAccess,
+    TranslateGvaFlags, TranslateGvaResult,
 };
 use crate::error::{EmulationError, Exception};
 use crate::state::{Cpu, Mode, RFLAGS_AC, Res};
@@ -155,6 +155,11 @@ pub(crate) struct Span {
 }
 
 impl Span {
+    /// The guest-physical address of the first byte.
+    pub(crate) fn gpa(&self) -> u64 {
+        self.first
+    }
+
     /// The pieces as (gpa, start offset in the operand, length).
     fn pieces(&self) -> impl Iterator<Item = (u64, core::ops::Range<usize>)> {
         let split = self.first_len.min(self.len);
@@ -320,6 +325,48 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
                 .map_err(EmulationError::Memory)?;
         }
         Ok(())
+    }
+
+    /// Reads `buf.len()` bytes (within one page) at a guest-physical address.
+    pub(crate) fn read_gpa(&mut self, gpa: u64, buf: &mut [u8]) -> Res<(), C> {
+        let mut access = MemoryAccessInfo {
+            gpa_address: gpa,
+            direction: AccessDirection::Read,
+            data: buf,
+        };
+        self.cb.memory(&mut access).map_err(EmulationError::Memory)
+    }
+
+    /// Writes `buf` (within one page) at a guest-physical address.
+    pub(crate) fn write_gpa(&mut self, gpa: u64, buf: &mut [u8]) -> Res<(), C> {
+        let mut access = MemoryAccessInfo {
+            gpa_address: gpa,
+            direction: AccessDirection::Write,
+            data: buf,
+        };
+        self.cb.memory(&mut access).map_err(EmulationError::Memory)
+    }
+
+    /// Offers a block copy to the monitor ([`EmulatorCallbacks::copy_memory`]).
+    pub(crate) fn copy_block(&mut self, dst: u64, src: u64, len: usize) -> Res<bool, C> {
+        self.cb
+            .copy_memory(dst, src, len)
+            .map_err(EmulationError::Memory)
+    }
+
+    /// Offers a block fill to the monitor ([`EmulatorCallbacks::fill_memory`]).
+    pub(crate) fn fill_block(&mut self, dst: u64, element: &[u8], count: usize) -> Res<bool, C> {
+        self.cb
+            .fill_memory(dst, element, count)
+            .map_err(EmulationError::Memory)
+    }
+
+    /// Offers a batch of string port I/O to the monitor
+    /// ([`EmulatorCallbacks::io_port_string`]).
+    pub(crate) fn string_io(&mut self, batch: &StringIoAccess) -> Res<bool, C> {
+        self.cb
+            .io_port_string(batch)
+            .map_err(EmulationError::IoPort)
     }
 
     /// Writes the low `size` bytes (at most 8) of `value` to a translated span.

@@ -269,9 +269,9 @@ pub trait EmulatorCallbacks {
     ///
     /// hvemu offers the iterations of a REP MOVS that stay within one source page and one
     /// destination page, after translating and checking both: copy `len` bytes from `src` to
-    /// `dst` and return `Ok(true)`. The ranges do not overlap (hvemu splits a copy whose
-    /// operands are closer than its length) and neither crosses a 4 KiB page, so the monitor
-    /// decides per page whether a range is RAM.
+    /// `dst` and return `Ok(true)`. The ranges do not overlap (overlapping iterations, whose
+    /// result depends on their order, go element by element) and neither crosses a 4 KiB
+    /// page, so the monitor decides per page whether a range is RAM.
     ///
     /// Return `Ok(false)` — what the default does — to decline, having done nothing: hvemu then
     /// moves the elements one by one through `memory`, as the processor's accesses to MMIO

@@ -14,7 +14,7 @@ use crate::access::{Intent, Privilege};
 use crate::callbacks::EmulatorCallbacks;
 use crate::error::Exception;
 use crate::registers::Segment;
-use crate::rep::{self, Progress};
+use crate::rep::{self, Block, Progress};
 use crate::state::gpr::{RAX, RCX, RDI, RDX, RSI};
 use crate::state::{Cpu, Mode, RegSet, Res, Slot, segment_of};
 
@@ -179,7 +179,12 @@ pub(super) fn run<C: EmulatorCallbacks>(
         return Err(unsupported(instr));
     };
     let source = segment_of(instr.memory_segment()).unwrap_or(Segment::Ds);
-    rep::run(cpu, instr, address_size, false, |cpu| {
+    let block = if op.is_write {
+        Block::Outs { source, port }
+    } else {
+        Block::Ins { port }
+    };
+    rep::run_blocks(cpu, instr, address_size, size, block, |cpu| {
         let mut buf = [0u8; 4];
         let data = buf.get_mut(..size).unwrap_or(&mut []);
         if op.is_write {

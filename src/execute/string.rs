@@ -19,7 +19,7 @@ use crate::access::Intent;
 use crate::callbacks::EmulatorCallbacks;
 use crate::operand::{MemRef, address_mask};
 use crate::registers::Segment;
-use crate::rep::{self, Progress};
+use crate::rep::{self, Block, Progress};
 use crate::state::gpr::{RAX, RCX, RDI, RSI};
 use crate::state::{Cpu, RFLAGS_DF, RegSet, Res, Slot, segment_of};
 
@@ -142,7 +142,14 @@ pub(super) fn run<C: EmulatorCallbacks>(
     };
     let source = segment_of(instr.memory_segment()).unwrap_or(Segment::Ds);
     let compares = matches!(op.kind, StringKind::Cmps | StringKind::Scas);
-    rep::run(cpu, instr, address_size, compares, |cpu| {
+    let block = match op.kind {
+        StringKind::Movs => Some(Block::Movs { source }),
+        StringKind::Stos => Some(Block::Stos {
+            value: cpu.read_reg(accumulator(size))?,
+        }),
+        _ => None,
+    };
+    let step = |cpu: &mut Cpu<'_, C>| {
         let mut buf = [0u8; 8];
         let data = buf.get_mut(..size).unwrap_or(&mut []);
         match op.kind {
@@ -197,7 +204,11 @@ pub(super) fn run<C: EmulatorCallbacks>(
                 advance(cpu, RDI, size, address_size)
             }
         }
-    })
+    };
+    match block {
+        Some(block) => rep::run_blocks(cpu, instr, address_size, size, block, step),
+        None => rep::run(cpu, instr, address_size, compares, step),
+    }
 }
 
 /// Sets the six status flags as `CMP first, second` at `size` bytes does.

@@ -20,6 +20,20 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
         len: usize,
         intent: Intent,
     ) -> Res<u64, C> {
+        self.linearize_elements(seg, offset, len, len, intent)
+    }
+
+    /// [`linearize`](Self::linearize) for `len` bytes made of consecutive `element`-byte
+    /// accesses (a run of string iterations): the segment and canonical checks cover the whole
+    /// range, the alignment check one element (they all share its alignment).
+    pub(crate) fn linearize_elements(
+        &mut self,
+        seg: Segment,
+        offset: u64,
+        len: usize,
+        element: usize,
+        intent: Intent,
+    ) -> Res<u64, C> {
         let fault = || -> EmulationError<C::Error> {
             if seg == Segment::Ss {
                 Exception::ss(0)
@@ -85,7 +99,7 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
             }
             desc.base.wrapping_add(offset) & 0xFFFF_FFFF
         };
-        self.check_alignment(linear, len, intent)?;
+        self.check_alignment(linear, element, intent)?;
         Ok(linear)
     }
 

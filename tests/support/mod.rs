@@ -32,6 +32,14 @@ pub enum Call {
         gva: u64,
         flags: TranslateGvaFlags,
     },
+    /// A bulk offer the model accepted: `copy_memory` (`src` is `Some`), `fill_memory` or
+    /// `io_port_string` (`port` is `Some`), with the lowest GPA and the length in bytes.
+    Bulk {
+        dst: u64,
+        src: Option<u64>,
+        port: Option<u16>,
+        len: usize,
+    },
     /// A `compare_exchange` offer and the model's answer (`None`: declined).
     CompareExchange {
         gpa: u64,
@@ -86,6 +94,9 @@ pub struct Machine {
     /// Writes "another processor" makes just before each `compare_exchange`, one per call, so
     /// that the emulator's compare-exchange loses its race.
     pub racing_writes: VecDeque<(u64, Vec<u8>)>,
+    /// Whether the model accepts the bulk callbacks (`copy_memory`, `fill_memory`,
+    /// `io_port_string`) for RAM; it always declines MMIO. Off by default.
+    pub bulk_ram: bool,
 }
 
 impl Machine {
@@ -102,6 +113,7 @@ impl Machine {
             log: Vec::new(),
             atomic_ram: false,
             racing_writes: VecDeque::new(),
+            bulk_ram: false,
         }
     }
 
@@ -462,6 +474,98 @@ impl EmulatorCallbacks for Machine {
             TranslateGvaResult::Success
         };
         Ok((result, pte.gpa))
+    }
+
+    fn copy_memory(&mut self, dst: u64, src: u64, len: usize) -> Result<bool, Self::Error> {
+        let in_ram = |a: u64| a + len as u64 <= RAM_SIZE;
+        if !self.bulk_ram || !in_ram(dst) || !in_ram(src) {
+            return Ok(false);
+        }
+        if self.fail == Some(Fail::Memory) {
+            return Err("memory failed");
+        }
+        assert_eq!(
+            dst >> 12,
+            (dst + len as u64 - 1) >> 12,
+            "copy crosses a page"
+        );
+        assert_eq!(
+            src >> 12,
+            (src + len as u64 - 1) >> 12,
+            "copy crosses a page"
+        );
+        assert!(dst.abs_diff(src) >= len as u64, "overlapping copy offered");
+        let data = self.read_phys(src, len);
+        self.write_phys(dst, &data);
+        self.log.push(Call::Bulk {
+            dst,
+            src: Some(src),
+            port: None,
+            len,
+        });
+        Ok(true)
+    }
+
+    fn fill_memory(&mut self, dst: u64, element: &[u8], count: usize) -> Result<bool, Self::Error> {
+        let len = element.len() * count;
+        if !self.bulk_ram || dst + len as u64 > RAM_SIZE {
+            return Ok(false);
+        }
+        if self.fail == Some(Fail::Memory) {
+            return Err("memory failed");
+        }
+        assert_eq!(
+            dst >> 12,
+            (dst + len as u64 - 1) >> 12,
+            "fill crosses a page"
+        );
+        let data: Vec<u8> = element.iter().copied().cycle().take(len).collect();
+        self.write_phys(dst, &data);
+        self.log.push(Call::Bulk {
+            dst,
+            src: None,
+            port: None,
+            len,
+        });
+        Ok(true)
+    }
+
+    fn io_port_string(&mut self, access: &StringIoAccess) -> Result<bool, Self::Error> {
+        let size = u64::from(access.access_size);
+        let len = size * u64::from(access.count);
+        if !self.bulk_ram || access.gpa + len > RAM_SIZE {
+            return Ok(false);
+        }
+        assert_eq!(
+            access.gpa >> 12,
+            (access.gpa + len - 1) >> 12,
+            "batch crosses a page"
+        );
+        for i in 0..access.count {
+            let gpa = access.element_gpa(i);
+            let mut io = IoAccessInfo {
+                direction: access.direction,
+                port: access.port,
+                access_size: access.access_size,
+                data: 0,
+            };
+            if access.direction == AccessDirection::Write {
+                let mut word = [0u8; 4];
+                word[..size as usize].copy_from_slice(&self.read_phys(gpa, size as usize));
+                io.data = u32::from_le_bytes(word);
+                self.io_port(&mut io)?;
+            } else {
+                self.io_port(&mut io)?;
+                self.write_phys(gpa, &io.data.to_le_bytes()[..size as usize]);
+            }
+        }
+        self.log.push(Call::Bulk {
+            dst: access.gpa,
+            src: None,
+            port: Some(access.port),
+            len: len as usize,
+        });
+        Ok(true)
     }
 
     fn compare_exchange(
