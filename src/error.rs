@@ -199,6 +199,16 @@ pub enum EmulationError<E> {
         /// How many of `bytes` are valid.
         len: u8,
     },
+    /// The bytes use an encoding (VEX, EVEX or XOP) whose tables the linked iced-x86 decoder
+    /// was built without: hvemu's `lean-decoder` feature, or any crate in the build enabling
+    /// iced-x86's `no_vex`, `no_evex` or `no_xop` ([`decoder_support`](crate::decoder_support)
+    /// says which). The guest's instruction may well be valid; this build cannot emulate it.
+    EncodingUnavailable {
+        /// The bytes that were available, up to 15.
+        bytes: [u8; 15],
+        /// How many of `bytes` are valid.
+        len: u8,
+    },
     /// The instruction decodes but hvemu does not emulate it.
     Unsupported {
         /// iced-x86's code for the instruction.
@@ -248,6 +258,7 @@ impl<E> EmulationError<E> {
             | Self::TranslationIntercept { .. }
             | Self::BadRegisterValue(_)
             | Self::Undecodable { .. }
+            | Self::EncodingUnavailable { .. }
             | Self::Unsupported { .. }
             | Self::NotTheExitingInstruction { .. }
             | Self::Exception(_) => EmulatorStatus::INTERNAL_EMULATION_FAILURE,
@@ -308,6 +319,10 @@ impl<E: fmt::Debug> fmt::Display for EmulationError<E> {
                 }
                 Ok(())
             }
+            Self::EncodingUnavailable { len, .. } => write!(
+                f,
+                "{len} instruction bytes use an encoding this build's decoder lacks (lean-decoder)"
+            ),
             Self::Unsupported { code } => write!(f, "unsupported instruction {code:?}"),
             Self::NotTheExitingInstruction { code } => {
                 write!(f, "{code:?} cannot have caused this exit")

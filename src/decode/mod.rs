@@ -38,6 +38,79 @@ pub fn warm_up() {
         let mut decoder = Decoder::new(64, bytes, DecoderOptions::NONE);
         let _ = decoder.decode();
     }
+    let _ = decoder_support();
+}
+
+/// Which encodings the linked iced-x86 decoder has tables for.
+///
+/// iced-x86 removes tables through negative features (`no_vex`, `no_evex`, `no_xop`) that
+/// Cargo unifies across the whole build: hvemu's `lean-decoder` feature turns them on, and so
+/// may any other crate that depends on iced-x86. hvemu therefore asks the decoder itself rather
+/// than trusting its own features, and reports an instruction in a missing encoding as
+/// [`EmulationError::EncodingUnavailable`] instead of calling it undecodable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DecoderSupport {
+    /// VEX (AVX, AVX2): `vmovdqu ymm` and the other VEX moves.
+    pub vex: bool,
+    /// EVEX (AVX-512): the ZMM and opmask moves.
+    pub evex: bool,
+    /// XOP (AMD): no memory move hvemu emulates, reported for completeness.
+    pub xop: bool,
+}
+
+/// What the linked iced-x86 decoder can decode (probed once, then remembered).
+///
+/// ```
+/// let support = hvemu::decoder_support();
+/// assert_eq!(support.vex, !cfg!(feature = "lean-decoder"));
+/// ```
+pub fn decoder_support() -> DecoderSupport {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    // Bit 7: probed; bits 0-2: VEX, EVEX, XOP present.
+    static PROBED: AtomicU8 = AtomicU8::new(0);
+    let mut bits = PROBED.load(Ordering::Relaxed);
+    if bits == 0 {
+        let decodes = |bytes: &[u8]| {
+            !Decoder::new(64, bytes, DecoderOptions::NONE)
+                .decode()
+                .is_invalid()
+        };
+        bits = 0x80
+            | u8::from(decodes(&[0xC5, 0xFE, 0x6F, 0x00]))
+            | u8::from(decodes(&[0x62, 0xF1, 0xFE, 0x48, 0x6F, 0x00])) << 1
+            | u8::from(decodes(&[0x8F, 0xE9, 0x78, 0xC1, 0xC0])) << 2;
+        PROBED.store(bits, Ordering::Relaxed);
+    }
+    DecoderSupport {
+        vex: bits & 1 != 0,
+        evex: bits & 2 != 0,
+        xop: bits & 4 != 0,
+    }
+}
+
+/// Whether `bytes` (in `bits`-bit code) begin an instruction in an encoding the linked decoder
+/// has no tables for: after the legacy (and, in 64-bit code, REX) prefixes, a VEX (C4, C5),
+/// EVEX (62) or XOP (8F) escape that outside 64-bit code is not LES, LDS, BOUND or POP.
+fn encoding_unavailable(bytes: &[u8], bits: u32) -> bool {
+    let is_prefix = |b: u8| {
+        matches!(
+            b,
+            0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x66 | 0x67 | 0xF0 | 0xF2 | 0xF3
+        ) || (bits == 64 && (0x40..=0x4F).contains(&b))
+    };
+    let mut rest = bytes.iter().copied().skip_while(|b| is_prefix(*b));
+    let (Some(escape), Some(next)) = (rest.next(), rest.next()) else {
+        return false;
+    };
+    let register_form = bits == 64 || next >= 0xC0;
+    let support = decoder_support();
+    match escape {
+        0xC4 | 0xC5 => register_form && !support.vex,
+        0x62 => register_form && !support.evex,
+        0x8F => next & 0x1F >= 8 && !support.xop,
+        _ => false,
+    }
 }
 
 impl<C: EmulatorCallbacks> Cpu<'_, C> {
@@ -96,6 +169,12 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
                 let lax = self.decoder(bytes, relaxed).decode();
                 if !lax.is_invalid() && lax.has_lock_prefix() {
                     return Err(Exception::ud().into());
+                }
+                if encoding_unavailable(bytes, self.state.code_bits) {
+                    return Err(EmulationError::EncodingUnavailable {
+                        bytes: buf,
+                        len: len as u8,
+                    });
                 }
                 return Err(EmulationError::Undecodable {
                     bytes: buf,
