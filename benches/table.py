@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Prints the markdown results table of the `exits` bench from criterion's estimates.
+
+    cargo bench --bench exits | tee bench.log
+    python3 benches/table.py bench.log
+
+Reads target/criterion/<case>/{decode,hvemu}/new/estimates.json (the medians of the last
+run of each group) and prints one row per case: hvemu median, decode-floor median, their
+ratio. With the bench's printed output as argument (a file, or `-` for stdin), it also fills
+the "callbacks per exit" column from the CALLBACKS lines, lists only the cases that run
+measured (those with a RATIO line, so stale estimates of a case it skipped or filtered out
+are not shown) and the SKIPPED ones, and appends the PER-ELEMENT, CALLBACKS-ONLY,
+BEYOND-CALLBACKS and BANDWIDTH lines. Without a log it lists the suite's cases found on disk
+(--all: every group with decode and hvemu results).
+
+The criterion directory is $CRITERION_HOME, else $CARGO_TARGET_DIR/criterion, else
+target/criterion next to this script's crate; --criterion-dir overrides it.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+# The suite's order; cases found on disk but not listed here follow, sorted.
+ORDER = [
+    "mov-store-64",
+    "mov-load-64",
+    "movzx-load-64",
+    "movdqu-store-64",
+    "vmovdqu-ymm-store-64",
+    "add-rmw-64",
+    "or-byte-rmw-64",
+    "lock-cmpxchg-64",
+    "mov-store-16",
+    "mov-store-32",
+    "rep-movsb-4k",
+    "rep-stosb-4k",
+    "rep-insb-256",
+    "rep-outsb-256",
+    "rep-movsb-64k-bulk",
+    "rep-stosb-64k-bulk",
+    "rep-insb-4k-bulk",
+    "rep-outsb-4k-bulk",
+]
+
+EXTRA_LINES = ("PER-ELEMENT", "CALLBACKS-ONLY", "BEYOND-CALLBACKS", "BANDWIDTH")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def criterion_dir(arg):
+    if arg:
+        return Path(arg)
+    if os.environ.get("CRITERION_HOME"):
+        return Path(os.environ["CRITERION_HOME"])
+    if os.environ.get("CARGO_TARGET_DIR"):
+        return Path(os.environ["CARGO_TARGET_DIR"]) / "criterion"
+    return Path(__file__).resolve().parent.parent / "target" / "criterion"
+
+
+def median_ns(root, group, function):
+    path = root / group / function / "new" / "estimates.json"
+    try:
+        with open(path) as f:
+            return json.load(f)["median"]["point_estimate"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def fmt_time(ns):
+    if ns is None:
+        return "–"
+    if ns < 1e3:
+        return f"{ns:.1f} ns"
+    if ns < 1e6:
+        return f"{ns / 1e3:.2f} µs"
+    return f"{ns / 1e6:.2f} ms"
+
+
+def compact_callbacks(text):
+    """'get 1, set 1, memory 1, io 0, …' without the zero counts."""
+    counts, _, rest = text.partition(" (")
+    kept = [c for c in counts.split(", ") if not c.endswith(" 0")]
+    out = ", ".join(kept) if kept else "none"
+    return f"{out} ({rest}" if rest else out
+
+
+def parse_log(lines):
+    callbacks, skipped, measured, extra = {}, {}, set(), []
+    for raw in lines:
+        line = ANSI.sub("", raw).strip()
+        if line.startswith("CALLBACKS "):
+            case, _, text = line[len("CALLBACKS ") :].partition(": ")
+            callbacks[case] = compact_callbacks(text)
+        elif line.startswith("RATIO "):
+            measured.add(line[len("RATIO ") :].partition(":")[0])
+        elif line.startswith("SKIPPED"):
+            m = re.match(r"SKIPPED \(([^)]*)\) ([^:]+)", line)
+            if m:
+                skipped[m.group(2)] = f"skipped ({m.group(1)})"
+        elif line.startswith(EXTRA_LINES):
+            extra.append(line)
+    return callbacks, skipped, measured, extra
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("log", nargs="?", help="the bench's output (file, or - for stdin)")
+    ap.add_argument("--criterion-dir", help="criterion's output directory")
+    ap.add_argument(
+        "--all", action="store_true", help="without a log: every group on disk, not just the suite's"
+    )
+    args = ap.parse_args()
+    root = criterion_dir(args.criterion_dir)
+
+    callbacks, skipped, measured, extra = {}, {}, set(), []
+    if args.log:
+        stream = sys.stdin if args.log == "-" else open(args.log, encoding="utf-8")
+        with stream:
+            callbacks, skipped, measured, extra = parse_log(stream)
+
+    on_disk = {
+        p.parents[2].name
+        for p in root.glob("*/hvemu/new/estimates.json")
+        if (p.parents[2] / "decode" / "new" / "estimates.json").exists()
+    }
+    if args.log:
+        cases = measured | set(skipped)
+    elif args.all:
+        cases = on_disk
+    else:
+        cases = on_disk & set(ORDER)
+    if not cases:
+        sys.exit(f"no results under {root}")
+    ordered = [c for c in ORDER if c in cases] + sorted(cases - set(ORDER))
+
+    print("| case | hvemu median | floor median | ratio | callbacks per exit |")
+    print("|---|---:|---:|---:|---|")
+    for case in ordered:
+        if case in skipped:
+            print(f"| `{case}` | {skipped[case]} | | | |")
+            continue
+        hvemu = median_ns(root, case, "hvemu")
+        floor = median_ns(root, case, "decode")
+        ratio = f"{hvemu / floor:.2f}x" if hvemu and floor else "–"
+        cb = callbacks.get(case, "–")
+        print(f"| `{case}` | {fmt_time(hvemu)} | {fmt_time(floor)} | {ratio} | {cb} |")
+    if extra:
+        print()
+        for line in extra:
+            print(f"    {line}")
+
+
+if __name__ == "__main__":
+    main()
