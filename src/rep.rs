@@ -171,7 +171,13 @@ pub(crate) fn run_blocks<C: EmulatorCallbacks>(
             return Ok(Progress::Partial);
         }
         let most = count.min(budget.saturating_sub(done));
-        let moved = match plan(cpu, block, address_size, size, most)? {
+        // A failure while planning is the failure of the next iteration (see `plan`).
+        let planned = match plan(cpu, block, address_size, size, most) {
+            Ok(planned) => planned,
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => return Ok(Progress::Partial),
+        };
+        let moved = match planned {
             Some((n, placed)) => {
                 let (moved, failure) = move_run(cpu, block, size, n, placed);
                 advance_by(cpu, block, address_size, size, moved)?;
@@ -205,8 +211,11 @@ pub(crate) fn run_blocks<C: EmulatorCallbacks>(
 }
 
 /// Plans the next run of at most `most` iterations: how many, and where each operand's first
-/// element is. `None` when fewer than two iterations fit or any check of the run would fail:
-/// the caller then runs one iteration by itself, which meets the failure exactly.
+/// element is. `None` when fewer than two iterations fit or a segmentation, canonical or
+/// alignment check of the run would fail: the caller then runs one iteration by itself, which
+/// meets the fault (if it is the next iteration's) exactly. An `Err` is the next iteration's
+/// own failure: a callback that failed, or the translation of its operands, which the
+/// iteration would make in the same order.
 fn plan<C: EmulatorCallbacks>(
     cpu: &mut Cpu<'_, C>,
     block: Block,
@@ -225,8 +234,10 @@ fn plan<C: EmulatorCallbacks>(
         let Some(walk) = walk else { continue };
         let off = cpu.gpr(walk.reg)? & mask;
         *offset = off;
-        let Ok(linear) = cpu.linearize(walk.seg, off, size, walk.intent) else {
-            return Ok(None);
+        let linear = match cpu.linearize(walk.seg, off, size, walk.intent) {
+            Ok(linear) => linear,
+            Err(EmulationError::Exception(_)) => return Ok(None),
+            Err(e) => return Err(e),
         };
         place.linear = linear;
         // The first element must not wrap the address size; then count the whole elements
@@ -264,16 +275,14 @@ fn plan<C: EmulatorCallbacks>(
         } else {
             off
         };
-        if cpu
-            .linearize_elements(walk.seg, low, span_bytes, size, walk.intent)
-            .is_err()
-        {
-            return Ok(None);
+        match cpu.linearize_elements(walk.seg, low, span_bytes, size, walk.intent) {
+            Ok(_) => {}
+            Err(EmulationError::Exception(_)) => return Ok(None),
+            Err(e) => return Err(e),
         }
-        match cpu.translate(place.linear, size, walk.intent, Privilege::Current) {
-            Ok(span) => place.gpa = span.gpa(),
-            Err(_) => return Ok(None),
-        }
+        place.gpa = cpu
+            .translate(place.linear, size, walk.intent, Privilege::Current)?
+            .gpa();
     }
     Ok(Some((n, placed)))
 }

@@ -683,10 +683,17 @@ fn with_values<R>(n: usize, f: impl FnOnce(&mut [RegisterValue]) -> R) -> R {
         let mut values = [RegisterValue::U64(0); SMALL];
         f(values.get_mut(..n).unwrap_or(&mut []))
     } else {
-        let mut values = [RegisterValue::U64(0); MOST_VALUES];
-        let n = n.min(MOST_VALUES);
-        f(values.get_mut(..n).unwrap_or(&mut []))
+        with_many_values(n, f)
     }
+}
+
+/// [`with_values`] for a large batch, in a frame of its own so that the common exit's stack
+/// does not carry three kilobytes it never uses.
+#[inline(never)]
+fn with_many_values<R>(n: usize, f: impl FnOnce(&mut [RegisterValue]) -> R) -> R {
+    let mut values = [RegisterValue::U64(0); MOST_VALUES];
+    let n = n.min(MOST_VALUES);
+    f(values.get_mut(..n).unwrap_or(&mut []))
 }
 
 fn is_high_byte(reg: Register) -> bool {
@@ -736,6 +743,48 @@ mod tests {
     use iced_x86::Register;
 
     use super::gpr_index;
+
+    /// The sizes README.md quotes: one emulation's snapshot and the emulator's settings.
+    #[test]
+    fn documented_sizes() {
+        use core::mem::size_of;
+        struct NoCallbacks;
+        impl crate::EmulatorCallbacks for NoCallbacks {
+            type Error = ();
+            fn io_port(&mut self, _: &mut crate::IoAccessInfo) -> Result<(), ()> {
+                Err(())
+            }
+            fn memory(&mut self, _: &mut crate::MemoryAccessInfo<'_>) -> Result<(), ()> {
+                Err(())
+            }
+            fn get_registers(
+                &mut self,
+                _: &[crate::RegisterName],
+                _: &mut [crate::RegisterValue],
+            ) -> Result<(), ()> {
+                Err(())
+            }
+            fn set_registers(
+                &mut self,
+                _: &[crate::RegisterName],
+                _: &[crate::RegisterValue],
+            ) -> Result<(), ()> {
+                Err(())
+            }
+            fn translate_gva_page(
+                &mut self,
+                _: u64,
+                _: crate::TranslateGvaFlags,
+            ) -> Result<(crate::TranslateGvaResult, u64), ()> {
+                Err(())
+            }
+        }
+        let cpu = size_of::<super::Cpu<'_, NoCallbacks>>();
+        assert!((1536..=2048).contains(&cpu), "Cpu is {cpu} bytes");
+        assert_eq!(size_of::<crate::Config>(), 8);
+        assert_eq!(size_of::<crate::Emulator<NoCallbacks>>(), 8);
+        assert_eq!(size_of::<super::RegSet>(), 4);
+    }
 
     /// The arithmetic GPR numbering agrees with iced-x86's own register tables.
     #[test]

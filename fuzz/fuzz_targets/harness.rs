@@ -60,8 +60,8 @@ use hvemu::{
     AccessDirection, Completion, Config, EmulationError, Emulator, EmulatorCallbacks,
     ExecutionState, IoAccessInfo, IoPortAccessContext, IoPortAccessInfo, MemoryAccessContext,
     MemoryAccessFlags, MemoryAccessInfo, MemoryAccessType, RegisterFile, RegisterName,
-    RegisterValue, Segment, SegmentAttributes, SegmentRegister, TableRegister, TranslateGvaFlags,
-    TranslateGvaResult, Vendor, VpExitContext,
+    RegisterValue, Segment, SegmentAttributes, SegmentRegister, StringIoAccess, TableRegister,
+    TranslateGvaFlags, TranslateGvaResult, Vendor, VpExitContext,
 };
 
 const PAGE: u64 = 0x1000;
@@ -1002,6 +1002,16 @@ pub enum Call {
         /// What the model answered (`Some(true)`: swapped, memory written).
         answer: Option<bool>,
     },
+    /// A bulk offer the model took (`copy_memory`: `src` is `Some`; `fill_memory`;
+    /// `io_port_string`: `port` is `Some`): `len` bytes from the lowest GPA `dst`. Failure
+    /// injection counts it as a `memory` (copy, fill) or `io_port` (string I/O) call.
+    Bulk {
+        dst: u64,
+        src: Option<u64>,
+        port: Option<(u16, u8, bool)>,
+        len: u64,
+        ok: bool,
+    },
 }
 
 impl Call {
@@ -1013,6 +1023,8 @@ impl Call {
             Call::Io { .. } => CallKind::Io,
             Call::Translate { .. } => CallKind::Translate,
             Call::CompareExchange { .. } => CallKind::CompareExchange,
+            Call::Bulk { port: None, .. } => CallKind::Memory,
+            Call::Bulk { port: Some(_), .. } => CallKind::Io,
         }
     }
 }
@@ -1271,6 +1283,90 @@ impl EmulatorCallbacks for Model<'_> {
             Err(CallKind::CompareExchange)
         }
     }
+
+    // A monitor with atomic RAM also takes the bulk fast paths (keyed on the same field, so
+    // that the input format, and the corpus, keep their meaning).
+    fn copy_memory(&mut self, dst: u64, src: u64, len: usize) -> Result<bool, CallKind> {
+        if self.case.compare_exchange == CompareExchange::Unsupported {
+            return Ok(false);
+        }
+        let ok = !self.should_fail(CallKind::Memory);
+        self.calls.push(Call::Bulk {
+            dst,
+            src: Some(src),
+            port: None,
+            len: len as u64,
+            ok,
+        });
+        if !ok {
+            return Err(CallKind::Memory);
+        }
+        for i in 0..len as u64 {
+            let from = src.wrapping_add(i) & !SYSTEM_ALIAS;
+            let b = self.memory.get(&from).copied().unwrap_or(self.case.fill);
+            self.memory.insert(dst.wrapping_add(i) & !SYSTEM_ALIAS, b);
+        }
+        Ok(true)
+    }
+
+    fn fill_memory(&mut self, dst: u64, element: &[u8], count: usize) -> Result<bool, CallKind> {
+        if self.case.compare_exchange == CompareExchange::Unsupported {
+            return Ok(false);
+        }
+        let ok = !self.should_fail(CallKind::Memory);
+        let len = element.len() as u64 * count as u64;
+        self.calls.push(Call::Bulk {
+            dst,
+            src: None,
+            port: None,
+            len,
+            ok,
+        });
+        if !ok {
+            return Err(CallKind::Memory);
+        }
+        for (i, b) in element.iter().cycle().take(len as usize).enumerate() {
+            self.memory
+                .insert(dst.wrapping_add(i as u64) & !SYSTEM_ALIAS, *b);
+        }
+        Ok(true)
+    }
+
+    fn io_port_string(&mut self, access: &StringIoAccess) -> Result<bool, CallKind> {
+        if self.case.compare_exchange == CompareExchange::Unsupported {
+            return Ok(false);
+        }
+        let ok = !self.should_fail(CallKind::Io);
+        let write = access.direction == AccessDirection::Write;
+        let size = u64::from(access.access_size);
+        self.calls.push(Call::Bulk {
+            dst: access.gpa,
+            src: None,
+            port: Some((access.port, access.access_size, write)),
+            len: size * u64::from(access.count),
+            ok,
+        });
+        if !ok {
+            return Err(CallKind::Io);
+        }
+        if !write {
+            for i in 0..access.count {
+                let at = access.element_gpa(i);
+                for (k, b) in self
+                    .case
+                    .port_input
+                    .to_le_bytes()
+                    .iter()
+                    .take(size as usize)
+                    .enumerate()
+                {
+                    self.memory
+                        .insert(at.wrapping_add(k as u64) & !SYSTEM_ALIAS, *b);
+                }
+            }
+        }
+        Ok(true)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1382,7 +1478,7 @@ fn effects(calls: &[Call]) -> Vec<&Call> {
         .filter(|c| match c {
             Call::Set { .. } | Call::Io { .. } => true,
             Call::Memory { write, .. } => *write,
-            Call::CompareExchange { .. } => true,
+            Call::CompareExchange { .. } | Call::Bulk { .. } => true,
             Call::Get { .. } | Call::Translate { .. } => false,
         })
         .collect()
@@ -1713,6 +1809,65 @@ fn check(
                         !system || skipped("system-alias"),
                         "(e) compare_exchange at {gpa:#x} through a privilege-exempt translation"
                     );
+                }
+            }
+            Call::Bulk {
+                dst,
+                src,
+                port,
+                len,
+                ok,
+            } => {
+                ensure!(*len >= 2, "(d) bulk offer of {len} bytes at {dst:#x}");
+                let within = |a: u64| {
+                    a.checked_add(len - 1)
+                        .is_some_and(|l| l & PAGE_MASK == a & PAGE_MASK)
+                };
+                ensure!(
+                    within(*dst),
+                    "(d) bulk range of {len} bytes at {dst:#x} crosses a page"
+                );
+                if let Some(src) = src {
+                    ensure!(within(*src), "(d) bulk copy source {src:#x} crosses a page");
+                    ensure!(
+                        src.abs_diff(*dst) >= *len,
+                        "(d) overlapping bulk copy {src:#x} -> {dst:#x}"
+                    );
+                }
+                if let (Some((_, size, write)), Exit::Io(io)) = (port, &case.exit) {
+                    ensure!(
+                        *size == io.access_info.access_size && *write == io.access_info.is_write,
+                        "(g) string port batch unlike the exit's {:?}",
+                        io.access_info
+                    );
+                }
+                // Which pages it writes and reads: a copy writes `dst` and reads `src`, a fill
+                // and INS write `dst`, OUTS reads it.
+                let writes_dst = !matches!(port, Some((_, _, true)));
+                if *ok && writes_dst {
+                    memory_writes += 1;
+                }
+                if mode != EffectiveMode::Real {
+                    for (a, write) in [(Some(*dst), writes_dst), (*src, false)] {
+                        let Some(a) = a else { continue };
+                        let page = a & PAGE_MASK;
+                        let by_hint = hint.is_some_and(|(p, t)| {
+                            p == page && (!write || t == MemoryAccessType::Write)
+                        });
+                        let by_walk = translated.get(&page).is_some_and(|w| !write || *w);
+                        ensure!(
+                            by_hint || by_walk,
+                            "(e) bulk {} at {a:#x}: page not translated{} before",
+                            if write { "write" } else { "read" },
+                            if write { " for write" } else { "" }
+                        );
+                        ensure!(
+                            !system_pages.contains(&page)
+                                || ordinary_pages.contains(&page)
+                                || by_hint,
+                            "(e) bulk access at {a:#x} through a privilege-exempt translation"
+                        );
+                    }
                 }
             }
             Call::Get { .. } | Call::Set { .. } => {}
