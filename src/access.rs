@@ -293,56 +293,45 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
 
     /// Reads a translated span into `buf` (whose length is the span's).
     pub(crate) fn read_span(&mut self, span: &Span, buf: &mut [u8]) -> Res<(), C> {
-        for (gpa, range) in span.pieces() {
-            if let Some(data) = buf.get_mut(range) {
-                let mut access = MemoryAccessInfo {
-                    gpa_address: gpa,
-                    direction: AccessDirection::Read,
-                    data,
-                };
-                self.cb
-                    .memory(&mut access)
-                    .map_err(EmulationError::Memory)?;
-            }
-        }
-        Ok(())
+        self.span_access(span, buf, AccessDirection::Read)
     }
 
     /// Writes `buf` to a translated span. (`buf` is mutable only because the callback's
     /// access record is; its contents are not read back.)
     pub(crate) fn write_span(&mut self, span: &Span, buf: &mut [u8]) -> Res<(), C> {
+        self.span_access(span, buf, AccessDirection::Write)
+    }
+
+    fn span_access(
+        &mut self,
+        span: &Span,
+        buf: &mut [u8],
+        direction: AccessDirection,
+    ) -> Res<(), C> {
         for (gpa, range) in span.pieces() {
-            let Some(data) = buf.get_mut(range) else {
-                continue;
-            };
-            let mut access = MemoryAccessInfo {
-                gpa_address: gpa,
-                direction: AccessDirection::Write,
-                data,
-            };
-            self.cb
-                .memory(&mut access)
-                .map_err(EmulationError::Memory)?;
+            if let Some(data) = buf.get_mut(range) {
+                self.gpa_access(gpa, data, direction)?;
+            }
         }
         Ok(())
     }
 
     /// Reads `buf.len()` bytes (within one page) at a guest-physical address.
     pub(crate) fn read_gpa(&mut self, gpa: u64, buf: &mut [u8]) -> Res<(), C> {
-        let mut access = MemoryAccessInfo {
-            gpa_address: gpa,
-            direction: AccessDirection::Read,
-            data: buf,
-        };
-        self.cb.memory(&mut access).map_err(EmulationError::Memory)
+        self.gpa_access(gpa, buf, AccessDirection::Read)
     }
 
     /// Writes `buf` (within one page) at a guest-physical address.
     pub(crate) fn write_gpa(&mut self, gpa: u64, buf: &mut [u8]) -> Res<(), C> {
+        self.gpa_access(gpa, buf, AccessDirection::Write)
+    }
+
+    /// One `memory` call.
+    fn gpa_access(&mut self, gpa: u64, data: &mut [u8], direction: AccessDirection) -> Res<(), C> {
         let mut access = MemoryAccessInfo {
             gpa_address: gpa,
-            direction: AccessDirection::Write,
-            data: buf,
+            direction,
+            data,
         };
         self.cb.memory(&mut access).map_err(EmulationError::Memory)
     }

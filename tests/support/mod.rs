@@ -318,6 +318,28 @@ impl Machine {
     }
 }
 
+impl Machine {
+    /// Whether the model takes a bulk offer over `len` bytes at each of `starts`: only with
+    /// `bulk_ram`, only RAM. Each range must lie within one page.
+    fn takes_bulk(&self, starts: &[u64], len: usize) -> Result<bool, &'static str> {
+        let len = len as u64;
+        if !self.bulk_ram || starts.iter().any(|a| a + len > RAM_SIZE) {
+            return Ok(false);
+        }
+        if self.fail == Some(Fail::Memory) {
+            return Err("memory failed");
+        }
+        for a in starts {
+            assert_eq!(
+                a >> 12,
+                (a + len - 1) >> 12,
+                "bulk range at {a:#x} crosses a page"
+            );
+        }
+        Ok(true)
+    }
+}
+
 /// What an emulation returned, with the register file before it.
 #[derive(Debug)]
 pub struct Outcome {
@@ -477,23 +499,9 @@ impl EmulatorCallbacks for Machine {
     }
 
     fn copy_memory(&mut self, dst: u64, src: u64, len: usize) -> Result<bool, Self::Error> {
-        let in_ram = |a: u64| a + len as u64 <= RAM_SIZE;
-        if !self.bulk_ram || !in_ram(dst) || !in_ram(src) {
+        if !self.takes_bulk(&[dst, src], len)? {
             return Ok(false);
         }
-        if self.fail == Some(Fail::Memory) {
-            return Err("memory failed");
-        }
-        assert_eq!(
-            dst >> 12,
-            (dst + len as u64 - 1) >> 12,
-            "copy crosses a page"
-        );
-        assert_eq!(
-            src >> 12,
-            (src + len as u64 - 1) >> 12,
-            "copy crosses a page"
-        );
         assert!(dst.abs_diff(src) >= len as u64, "overlapping copy offered");
         let data = self.read_phys(src, len);
         self.write_phys(dst, &data);
@@ -508,17 +516,9 @@ impl EmulatorCallbacks for Machine {
 
     fn fill_memory(&mut self, dst: u64, element: &[u8], count: usize) -> Result<bool, Self::Error> {
         let len = element.len() * count;
-        if !self.bulk_ram || dst + len as u64 > RAM_SIZE {
+        if !self.takes_bulk(&[dst], len)? {
             return Ok(false);
         }
-        if self.fail == Some(Fail::Memory) {
-            return Err("memory failed");
-        }
-        assert_eq!(
-            dst >> 12,
-            (dst + len as u64 - 1) >> 12,
-            "fill crosses a page"
-        );
         let data: Vec<u8> = element.iter().copied().cycle().take(len).collect();
         self.write_phys(dst, &data);
         self.log.push(Call::Bulk {
