@@ -302,6 +302,14 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
         self.span_access(span, buf, AccessDirection::Write)
     }
 
+    /// Reads a 1-, 2-, 4- or 8-byte value from a translated span.
+    pub(crate) fn read_span_value(&mut self, span: &Span, size: usize) -> Res<u64, C> {
+        let mut buf = [0u8; 8];
+        let data = buf.get_mut(..size).unwrap_or(&mut []);
+        self.read_span(span, data)?;
+        Ok(crate::state::le_value(data) as u64)
+    }
+
     fn span_access(
         &mut self,
         span: &Span,

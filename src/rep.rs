@@ -16,7 +16,7 @@ use crate::callbacks::{AccessDirection, EmulatorCallbacks, StringIoAccess};
 use crate::error::EmulationError;
 use crate::operand::address_mask;
 use crate::registers::Segment;
-use crate::state::{Cpu, RFLAGS_DF, RFLAGS_ZF, Res, gpr};
+use crate::state::{Cpu, RFLAGS_DF, RFLAGS_ZF, Res, gpr, le_value};
 
 /// How far one call got through an instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -365,11 +365,7 @@ fn move_run<C: EmulatorCallbacks>(
                     let gpa = at(first.gpa, k);
                     if writes_port {
                         cpu.read_gpa(gpa, data)?;
-                        let mut word = [0u8; 4];
-                        for (w, d) in word.iter_mut().zip(data.iter()) {
-                            *w = *d;
-                        }
-                        cpu.port_out(port, size as u8, u32::from_le_bytes(word))?;
+                        cpu.port_out(port, size as u8, le_value(data) as u32)?;
                     } else {
                         let value = cpu.port_in(port, size as u8)?;
                         for (d, s) in data.iter_mut().zip(value.to_le_bytes()) {

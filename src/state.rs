@@ -713,6 +713,28 @@ pub(crate) const fn bit_width(bytes: usize) -> u32 {
     }
 }
 
+/// The little-endian value of up to 16 bytes, each of the usual widths (1, 2, 4, 8, 16)
+/// loaded at exactly that width. The bytes were usually just stored by a callback at their
+/// own width; reading them back through a wider load (`u64::from_le_bytes` of a buffer
+/// partly filled) defeats store-to-load forwarding, a stall of a dozen or more cycles on
+/// current cores on every memory read. Bytes past the 16th are ignored.
+pub(crate) fn le_value(bytes: &[u8]) -> u128 {
+    match *bytes {
+        [a] => u128::from(a),
+        [a, b] => u128::from(u16::from_le_bytes([a, b])),
+        [a, b, c, d] => u128::from(u32::from_le_bytes([a, b, c, d])),
+        [a, b, c, d, e, f, g, h] => u128::from(u64::from_le_bytes([a, b, c, d, e, f, g, h])),
+        _ => match <[u8; 16]>::try_from(bytes) {
+            Ok(all) => u128::from_le_bytes(all),
+            Err(_) => bytes
+                .iter()
+                .take(16)
+                .rev()
+                .fold(0, |acc, b| acc.wrapping_shl(8) | u128::from(*b)),
+        },
+    }
+}
+
 /// All-ones in the low `bytes` bytes.
 pub(crate) const fn width_mask(bytes: usize) -> u64 {
     match bytes {

@@ -347,9 +347,8 @@ pub(crate) fn run_op<O: AluOp, C: EmulatorCallbacks>(
                 cpu.state.rflags = (rflags & !changed) | (outcome.flags & changed);
                 return Ok(Progress::Complete);
             }
-            let mut buf = [0u8; 8];
-            cpu.read_span(&span, buf.get_mut(..size).unwrap_or(&mut []))?;
-            let outcome = O::apply(u64::from_le_bytes(buf), src, rflags, size);
+            let old = cpu.read_span_value(&span, size)?;
+            let outcome = O::apply(old, src, rflags, size);
             if O::WRITES {
                 cpu.write_value(&span, outcome.value, size)?;
             }

@@ -320,9 +320,7 @@ pub(crate) fn run_test<O: BitTestOp, C: EmulatorCallbacks>(
             Rmw::Contended => return Ok(Progress::Retry),
         }
     } else {
-        let mut buf = [0u8; 8];
-        cpu.read_span(&span, buf.get_mut(..size).unwrap_or(&mut []))?;
-        u64::from_le_bytes(buf)
+        cpu.read_span_value(&span, size)?
     };
     let update = Update {
         value: word,

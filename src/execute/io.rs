@@ -16,7 +16,7 @@ use crate::error::Exception;
 use crate::registers::Segment;
 use crate::rep::{self, Block, Progress};
 use crate::state::gpr::{RAX, RCX, RDI, RDX, RSI};
-use crate::state::{Cpu, Mode, RegSet, Res, Slot, segment_of};
+use crate::state::{Cpu, Mode, RegSet, Res, Slot, le_value, segment_of};
 
 /// A port operation: direction, element size and whether it is a string form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,7 +190,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
         if op.is_write {
             let src = string_operand(cpu, source, RSI, address_size)?;
             cpu.read_mem(src, data)?;
-            cpu.port_out(port, op.size, u32::from_le_bytes(buf))?;
+            cpu.port_out(port, op.size, le_value(data) as u32)?;
             advance(cpu, RSI, size, address_size)
         } else {
             let dst = string_operand(cpu, Segment::Es, RDI, address_size)?;

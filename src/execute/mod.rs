@@ -294,8 +294,9 @@ pub(crate) fn read_value<C: EmulatorCallbacks>(
     size: usize,
 ) -> Res<u64, C> {
     let mut buf = [0u8; 8];
-    cpu.read_mem(mem, buf.get_mut(..size.min(8)).unwrap_or(&mut []))?;
-    Ok(u64::from_le_bytes(buf))
+    let data = buf.get_mut(..size.min(8)).unwrap_or(&mut []);
+    cpu.read_mem(mem, data)?;
+    Ok(crate::state::le_value(data) as u64)
 }
 
 /// The error for an instruction form hvemu does not emulate.

@@ -425,9 +425,7 @@ pub(crate) fn run_op<O: ShiftOp, C: EmulatorCallbacks>(
     let mem = cpu.effective_address(instr)?;
     // Every fault is found here, before the read.
     let span = cpu.resolve(mem, size, Intent::ReadWrite)?;
-    let mut buf = [0u8; 8];
-    cpu.read_span(&span, buf.get_mut(..size).unwrap_or(&mut []))?;
-    let value = u64::from_le_bytes(buf);
+    let value = cpu.read_span_value(&span, size)?;
     let rflags = cpu.state.rflags;
     let update = if masked == 0 {
         Update::nothing(value)

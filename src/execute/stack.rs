@@ -225,16 +225,6 @@ fn check_target<C: EmulatorCallbacks>(
     }
 }
 
-fn read_span_value<C: EmulatorCallbacks>(
-    cpu: &mut Cpu<'_, C>,
-    span: &Span,
-    size: usize,
-) -> Res<u64, C> {
-    let mut buf = [0u8; 8];
-    cpu.read_span(span, buf.get_mut(..size).unwrap_or(&mut []))?;
-    Ok(u64::from_le_bytes(buf))
-}
-
 fn write_span_value<C: EmulatorCallbacks>(
     cpu: &mut Cpu<'_, C>,
     span: &Span,
@@ -259,7 +249,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
         StackKind::Jmp => {
             let mem = cpu.effective_address(instr)?;
             let span = cpu.resolve(mem, size, Intent::Read)?;
-            let target = read_span_value(cpu, &span, size)?;
+            let target = cpu.read_span_value(&span, size)?;
             let target = check_target(cpu, target, size)?;
             cpu.branch_to(target);
             Ok(())
@@ -271,7 +261,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
             };
             let rsp = cpu.gpr(RSP)?;
             let slot = pop_slot(cpu, rsp, size, release)?;
-            let target = read_span_value(cpu, &slot.span, size)?;
+            let target = cpu.read_span_value(&slot.span, size)?;
             let target = check_target(cpu, target, size)?;
             cpu.set_gpr(RSP, slot.rsp_after);
             cpu.branch_to(target);
@@ -280,7 +270,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
         StackKind::Leave => {
             let rbp = cpu.gpr(RBP)?;
             let slot = pop_slot(cpu, rbp, size, 0)?;
-            let value = read_span_value(cpu, &slot.span, size)?;
+            let value = cpu.read_span_value(&slot.span, size)?;
             cpu.set_gpr(RSP, slot.rsp_after);
             let frame = match size {
                 2 => Register::BP,
@@ -304,7 +294,7 @@ fn push<C: EmulatorCallbacks>(
             let mem = cpu.effective_address(instr)?;
             let source = cpu.resolve(mem, size, Intent::Read)?;
             let slot = push_slot(cpu, size)?;
-            let value = read_span_value(cpu, &source, size)?;
+            let value = cpu.read_span_value(&source, size)?;
             write_span_value(cpu, &slot.span, size, value)?;
             cpu.set_gpr(RSP, slot.rsp_after);
             return Ok(());
@@ -362,13 +352,13 @@ fn pop<C: EmulatorCallbacks>(cpu: &mut Cpu<'_, C>, instr: &Instruction, size: us
                     & address_mask(base.size());
             }
             let destination = cpu.resolve(mem, size, Intent::Write)?;
-            let value = read_span_value(cpu, &slot.span, size)?;
+            let value = cpu.read_span_value(&slot.span, size)?;
             write_span_value(cpu, &destination, size, value)?;
             cpu.set_gpr(RSP, slot.rsp_after);
             Ok(())
         }
         OpKind::Register => {
-            let value = read_span_value(cpu, &slot.span, size)?;
+            let value = cpu.read_span_value(&slot.span, size)?;
             // The increment comes first, so POP rSP keeps the popped value.
             cpu.set_gpr(RSP, slot.rsp_after);
             cpu.write_reg(instr.op0_register(), value)
@@ -387,7 +377,7 @@ fn call<C: EmulatorCallbacks>(
         OpKind::Memory => {
             let mem = cpu.effective_address(instr)?;
             let span = cpu.resolve(mem, size, Intent::Read)?;
-            read_span_value(cpu, &span, size)?
+            cpu.read_span_value(&span, size)?
         }
         OpKind::Register => cpu.read_reg(instr.op0_register())?,
         OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {

@@ -21,7 +21,7 @@ use crate::operand::{MemRef, address_mask};
 use crate::registers::Segment;
 use crate::rep::{self, Block, Progress};
 use crate::state::gpr::{RAX, RCX, RDI, RSI};
-use crate::state::{Cpu, RFLAGS_DF, RegSet, Res, Slot, segment_of};
+use crate::state::{Cpu, RFLAGS_DF, RegSet, Res, Slot, le_value, segment_of};
 
 /// Which string move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,7 +176,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
             StringKind::Lods => {
                 let src = string_operand(cpu, source, RSI, address_size)?;
                 cpu.read_mem(src, data)?;
-                cpu.write_reg(accumulator(size), u64::from_le_bytes(buf))?;
+                cpu.write_reg(accumulator(size), le_value(data) as u64)?;
                 advance(cpu, RSI, size, address_size)
             }
             StringKind::Cmps => {
@@ -184,15 +184,9 @@ pub(super) fn run<C: EmulatorCallbacks>(
                 let dst = string_operand(cpu, Segment::Es, RDI, address_size)?;
                 let src = cpu.resolve(src, size, Intent::Read)?;
                 let dst = cpu.resolve(dst, size, Intent::Read)?;
-                let mut second = [0u8; 8];
-                cpu.read_span(&src, data)?;
-                cpu.read_span(&dst, second.get_mut(..size).unwrap_or(&mut []))?;
-                compare(
-                    cpu,
-                    u64::from_le_bytes(buf),
-                    u64::from_le_bytes(second),
-                    size,
-                );
+                let first = cpu.read_span_value(&src, size)?;
+                let second = cpu.read_span_value(&dst, size)?;
+                compare(cpu, first, second, size);
                 advance(cpu, RSI, size, address_size)?;
                 advance(cpu, RDI, size, address_size)
             }
@@ -200,7 +194,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
                 let dst = string_operand(cpu, Segment::Es, RDI, address_size)?;
                 let value = cpu.read_reg(accumulator(size))?;
                 cpu.read_mem(dst, data)?;
-                compare(cpu, value, u64::from_le_bytes(buf), size);
+                compare(cpu, value, le_value(data) as u64, size);
                 advance(cpu, RDI, size, address_size)
             }
         }

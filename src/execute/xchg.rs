@@ -55,7 +55,7 @@ use crate::error::Exception;
 use crate::registers::Segment;
 use crate::rep::Progress;
 use crate::state::gpr::{RAX, RBX, RCX, RDX};
-use crate::state::{Cpu, RegSet, Res, Slot};
+use crate::state::{Cpu, RegSet, Res, Slot, le_value};
 
 /// How many compare-exchange attempts one locked read-modify-write makes before it gives the
 /// instruction back to the guest undone.
@@ -160,7 +160,7 @@ pub(crate) fn read_modify_write<C: EmulatorCallbacks>(
             match swapped {
                 Some(true) => return Ok(Rmw::Done { old: expected }),
                 Some(false) => {
-                    let found = u128::from_le_bytes(current) & m;
+                    let found = le_value(current.get(..size).unwrap_or(&[])) & m;
                     if update(found) & m == found {
                         return Ok(Rmw::Done { old: found });
                     }
@@ -171,8 +171,9 @@ pub(crate) fn read_modify_write<C: EmulatorCallbacks>(
         }
     }
     let mut buf = [0u8; 16];
-    cpu.read_span(span, buf.get_mut(..size).unwrap_or(&mut []))?;
-    let old = u128::from_le_bytes(buf) & m;
+    let data = buf.get_mut(..size).unwrap_or(&mut []);
+    cpu.read_span(span, data)?;
+    let old = le_value(data) & m;
     let new = update(old) & m;
     let mut bytes = new.to_le_bytes();
     cpu.write_span(span, bytes.get_mut(..size).unwrap_or(&mut []))?;
