@@ -12,7 +12,7 @@
 //!   processors of both vendors clear it, so hvemu clears it whatever [`crate::Vendor`] is
 //!   configured. The `oracle_alu` test compares AF with the host whenever the host's vendor is
 //!   the configured one, so each vendor's behaviour is measured on that vendor's machines
-//!   (AMD measured so far; Intel's clearing is its known behaviour, to be confirmed there).
+//!   (measured on an AMD Zen 3 and on an Intel Xeon of family 6, model 207).
 //!
 //! In all three, ZF, SF and PF describe the result at the operand's width: ZF when it is zero,
 //! SF its top bit, PF when its low byte has an even number of set bits.

@@ -24,15 +24,18 @@
 //! * MUL, IMUL: CF and OF are set when the product does not fit the low half (MUL: the high
 //!   half is not zero; IMUL: the result is not the sign extension of its low half; the
 //!   truncating forms: the full product is not the sign extension of the stored result). SF, ZF,
-//!   AF and PF are undefined: AMD leaves them unchanged (measured); hvemu's Intel setting,
-//!   following Bochs's model of Intel processors, sets SF, ZF and PF from the low half of the
-//!   result and clears AF.
-//! * DIV, IDIV: all six are undefined. AMD sets AF, clears SF, ZF and PF and keeps CF and OF
-//!   (measured); hvemu's Intel setting (Bochs's model) changes none.
+//!   AF and PF are undefined. AMD leaves them unchanged. Intel sets SF from the top bit of the
+//!   low half (the stored result) and PF from the parity of its low byte, and clears ZF and AF
+//!   even when that half is zero; the same for every size and all three shapes.
+//! * DIV, IDIV: all six are undefined. AMD sets AF, clears SF, ZF and PF and keeps CF and OF.
+//!   Intel changes none of them.
 //!
-//! hvemu's Intel setting has not been measured on an Intel host in this repository; the
-//! `oracle_integer` test compares undefined flags whenever the host's vendor is the configured
-//! one.
+//! Both columns were measured natively: AMD on a Zen 3, Intel on a Xeon of family 6, model 207
+//! (Emerald Rapids), with tens of millions of random operands and flags plus edge values. Other
+//! Intel generations were not measured and may differ (the Bochs-derived model hvemu used
+//! before, which set ZF from the product, does not describe this core). The `oracle_integer`
+//! test compares the undefined flags with the host whenever the host's vendor is the
+//! configured one.
 
 use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 
@@ -91,7 +94,8 @@ fn product_flags(low: u64, overflow: bool, size: usize, vendor: Vendor) -> (u64,
     let carry = flag_if(overflow, CF | OF);
     match vendor {
         Vendor::Amd => (carry, CF | OF),
-        Vendor::Intel => (carry | result_flags(low, size), ARITHMETIC),
+        // SF and PF describe the low half; ZF is cleared even for a zero product, AF too.
+        Vendor::Intel => (carry | (result_flags(low, size) & (SF | PF)), ARITHMETIC),
     }
 }
 
@@ -361,11 +365,44 @@ mod tests {
         assert_eq!((w.low, w.high), (1, u64::MAX - 1));
         assert_eq!(imul_truncating(0x4000, 2, 2, v), (0x8000, CF | OF, CF | OF));
         assert_eq!(imul_truncating(u64::MAX, u64::MAX, 8, v).0, 1);
-        // Intel's model: SF, ZF, PF of the low half, AF clear.
+    }
+
+    /// Intel's undefined flags of the multiplies, measured natively on a Xeon of family 6,
+    /// model 207: SF and PF from the low half, ZF and AF cleared, at every size and shape.
+    #[test]
+    fn intel_products_set_sf_and_pf_and_clear_zf_and_af() {
+        let v = Vendor::Intel;
+        // A zero product still clears ZF (measured: `mul byte` of 0 by 0 leaves ZF clear).
+        let w = ok(Mul::apply(0, 0, 0, 1, v));
+        assert_eq!((w.flags, w.changed), (PF, ARITHMETIC));
+        assert_eq!(imul_truncating(0, 5, 4, v), (0, PF, ARITHMETIC));
+        // SF is the low half's top bit, whatever the high half holds.
+        let w = ok(Mul::apply(0xC0, 0, 0x03, 1, v)); // 0x240: low 0x40, high 0x02
+        assert_eq!(w.flags, CF | OF);
+        let w = ok(Mul::apply(0x8000, 0, 1, 2, v)); // low 0x8000: its low byte 0 has even parity
+        assert_eq!(w.flags, SF | PF);
+        let w = ok(Imul::apply(0xFFFF_FFFF, 0, 0xFFFF_FFFF, 4, v)); // -1 × -1 = 1
+        assert_eq!(w.flags, 0);
+        let w = ok(Imul::apply(u64::MAX, 0, 3, 8, v)); // -3: low byte 0xFD, seven bits set
+        assert_eq!(w.flags, SF);
         assert_eq!(
-            imul_truncating(0, 5, 4, Vendor::Intel),
-            (0, ZF | PF, ARITHMETIC)
+            imul_truncating(0x4000_0000_0000_0000, 2, 8, v),
+            (0x8000_0000_0000_0000, CF | OF | SF | PF, ARITHMETIC)
         );
+        // AMD keeps all four.
+        assert_eq!(ok(Mul::apply(0, 0, 0, 1, Vendor::Amd)).changed, CF | OF);
+    }
+
+    /// Intel's DIV and IDIV change no status flag (measured natively on a Xeon of family 6,
+    /// model 207); AMD's set AF and clear SF, ZF and PF.
+    #[test]
+    fn divides_change_flags_per_vendor() {
+        for (low, high, src) in [(100, 0, 7), (0, 0, 1), (0xFE, 0, 0x7F)] {
+            assert_eq!(ok(Div::apply(low, high, src, 1, Vendor::Intel)).changed, 0);
+            assert_eq!(ok(Idiv::apply(low, high, src, 1, Vendor::Intel)).changed, 0);
+        }
+        let w = ok(Div::apply(100, 0, 7, 1, Vendor::Amd));
+        assert_eq!((w.flags, w.changed), (AF, SF | ZF | AF | PF));
     }
 
     #[test]
