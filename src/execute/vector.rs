@@ -506,11 +506,31 @@ fn u128_of<E>(name: RegisterName, value: RegisterValue) -> Result<u128, Emulatio
         .ok_or(EmulationError::BadRegisterValue(name))
 }
 
-/// One maximal run of selected bytes of the operand: `start..start + len`.
+/// One maximal run of selected bytes of the operand: `start..start + len`. Bytes, not
+/// words: the run lists are moved by value, and a 64-byte operand needs no more.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Run {
-    start: usize,
-    len: usize,
+    start: u8,
+    len: u8,
+}
+
+impl Run {
+    /// A run within an operand of at most 64 bytes (larger values saturate).
+    fn new(start: usize, len: usize) -> Run {
+        let byte = |v: usize| u8::try_from(v).unwrap_or(u8::MAX);
+        Run {
+            start: byte(start),
+            len: byte(len),
+        }
+    }
+
+    fn start(self) -> usize {
+        usize::from(self.start)
+    }
+
+    fn len(self) -> usize {
+        usize::from(self.len)
+    }
 }
 
 /// The most runs a 64-byte operand can hold (alternate bytes selected).
@@ -532,10 +552,7 @@ fn runs(size: usize, element: usize, mask: u64) -> heapless::Vec<Run, MAX_RUNS> 
                 first = None;
                 // Cannot overflow: f < i ≤ count, and count × element ≤ size.
                 #[allow(clippy::arithmetic_side_effects)]
-                let run = Run {
-                    start: f * element,
-                    len: (i - f) * element,
-                };
+                let run = Run::new(f * element, (i - f) * element);
                 // Runs are separated by at least one masked-out element: at most 32 of them.
                 let _ = out.push(run);
             }
@@ -587,17 +604,17 @@ fn resolve_run<C: EmulatorCallbacks>(
     whole: bool,
     intent: Intent,
 ) -> Res<Span, C> {
-    let offset = mem.offset.wrapping_add(run.start as u64);
-    let last = run.len.saturating_sub(1) as u64;
+    let offset = mem.offset.wrapping_add(run.start() as u64);
+    let last = run.len().saturating_sub(1) as u64;
     let linear = if whole {
-        cpu.linearize(mem.seg, offset, run.len, intent)?
+        cpu.linearize(mem.seg, offset, run.len(), intent)?
     } else {
         // Both ends, one byte each: the same limit and canonical checks without #AC.
         let first = cpu.linearize(mem.seg, offset, 1, intent)?;
         cpu.linearize(mem.seg, offset.wrapping_add(last), 1, intent)?;
         first
     };
-    cpu.translate(linear, run.len, intent, Privilege::Current)
+    cpu.translate(linear, run.len(), intent, Privilege::Current)
 }
 
 /// The elements to access: one run over the whole operand, or the opmask's runs.
@@ -614,10 +631,7 @@ fn plan<C: EmulatorCallbacks>(
         }
         None => {
             let mut all = heapless::Vec::new();
-            let _ = all.push(Run {
-                start: 0,
-                len: size,
-            });
+            let _ = all.push(Run::new(0, size));
             Ok((all, None))
         }
     }
@@ -690,12 +704,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
         Dir::Store => Intent::Write,
     };
     // #AC applies to a 2-, 4- or 8-byte operand accessed whole.
-    let whole = matches!(size, 2 | 4 | 8)
-        && runs.as_slice()
-            == [Run {
-                start: 0,
-                len: size,
-            }];
+    let whole = matches!(size, 2 | 4 | 8) && runs.as_slice() == [Run::new(0, size)];
     let mut spans: heapless::Vec<(Span, Run), MAX_RUNS> = heapless::Vec::new();
     for r in &runs {
         let span = resolve_run(cpu, mem, *r, whole, intent)?;
@@ -710,14 +719,14 @@ pub(super) fn run<C: EmulatorCallbacks>(
                 dst.copy_from_slice(src);
             }
             for (span, r) in &spans {
-                if let Some(bytes) = data.get_mut(r.start..).and_then(|b| b.get_mut(..r.len)) {
+                if let Some(bytes) = data.get_mut(r.start()..).and_then(|b| b.get_mut(..r.len())) {
                     cpu.write_span(span, bytes)?;
                 }
             }
         }
         Dir::Load => {
             for (span, r) in &spans {
-                if let Some(bytes) = data.get_mut(r.start..).and_then(|b| b.get_mut(..r.len)) {
+                if let Some(bytes) = data.get_mut(r.start()..).and_then(|b| b.get_mut(..r.len())) {
                     cpu.read_span(span, bytes)?;
                 }
             }
@@ -1006,7 +1015,7 @@ mod tests {
 
     #[test]
     fn opmask_runs() {
-        let r = |start, len| Run { start, len };
+        let r = Run::new;
         assert_eq!(runs(64, 4, 0).as_slice(), []);
         assert_eq!(runs(64, 4, u64::MAX).as_slice(), [r(0, 64)]);
         assert_eq!(runs(16, 4, 0b1011).as_slice(), [r(0, 8), r(12, 4)]);
