@@ -475,6 +475,37 @@ mod tests {
 
     const VENDORS: [Vendor; 2] = [Vendor::Intel, Vendor::Amd];
 
+    /// Calls `f` for every operation and size it has, every count below the width's mask
+    /// (1..=31, or 1..=63 for 64-bit), every value and both incoming CFs.
+    fn each_case(values: &[u64], mut f: impl FnMut(ShiftKind, usize, u32, u64, bool)) {
+        let kinds = [
+            ShiftKind::Shl,
+            ShiftKind::Shr,
+            ShiftKind::Sar,
+            ShiftKind::Rol,
+            ShiftKind::Ror,
+            ShiftKind::Rcl,
+            ShiftKind::Rcr,
+            ShiftKind::Shld,
+            ShiftKind::Shrd,
+        ];
+        for kind in kinds {
+            for size in [1usize, 2, 4, 8] {
+                if matches!(kind, ShiftKind::Shld | ShiftKind::Shrd) && size == 1 {
+                    continue;
+                }
+                let limit = if size == 8 { 63 } else { 31 };
+                for count in 1..=limit {
+                    for &v in values {
+                        for cf_in in [false, true] {
+                            f(kind, size, count, v, cf_in);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// The SDM's iterative pseudo-code, one bit at a time: the reference for the results and
     /// CF of every count (and OF at count 1).
     fn iterate(
@@ -589,17 +620,6 @@ mod tests {
     /// something), results and CF are the iterative definition's, for both vendors.
     #[test]
     fn defined_results_follow_the_iterative_definition() {
-        let kinds = [
-            ShiftKind::Shl,
-            ShiftKind::Shr,
-            ShiftKind::Sar,
-            ShiftKind::Rol,
-            ShiftKind::Ror,
-            ShiftKind::Rcl,
-            ShiftKind::Rcr,
-            ShiftKind::Shld,
-            ShiftKind::Shrd,
-        ];
         let values = [
             0u64,
             1,
@@ -609,58 +629,44 @@ mod tests {
             u64::MAX,
             0x7FFF_FFFF,
         ];
-        for kind in kinds {
-            for size in [1usize, 2, 4, 8] {
-                if matches!(kind, ShiftKind::Shld | ShiftKind::Shrd) && size == 1 {
+        each_case(&values, |kind, size, count, v, cf_in| {
+            let n = bit_width(size);
+            let double = matches!(kind, ShiftKind::Shld | ShiftKind::Shrd);
+            if double && count >= n {
+                return;
+            }
+            let src = v.rotate_left(13) ^ 0xA5A5;
+            let (want, want_cf) = iterate(kind, v, src & width_mask(size), count, cf_in, size);
+            for vendor in VENDORS {
+                let u = apply(
+                    kind,
+                    v,
+                    src,
+                    count,
+                    if cf_in { CF } else { 0 },
+                    size,
+                    vendor,
+                );
+                if u.changed == 0 {
+                    // Intel's RCL/RCR by a multiple of width+1.
+                    assert_eq!(want, v & width_mask(size));
                     continue;
                 }
-                let n = bit_width(size);
-                let limit = if size == 8 { 63 } else { 31 };
-                for count in 1..=limit {
-                    let double = matches!(kind, ShiftKind::Shld | ShiftKind::Shrd);
-                    if double && count >= n {
-                        continue;
-                    }
-                    for &v in &values {
-                        for cf_in in [false, true] {
-                            let src = v.rotate_left(13) ^ 0xA5A5;
-                            let (want, want_cf) =
-                                iterate(kind, v, src & width_mask(size), count, cf_in, size);
-                            for vendor in VENDORS {
-                                let u = apply(
-                                    kind,
-                                    v,
-                                    src,
-                                    count,
-                                    if cf_in { CF } else { 0 },
-                                    size,
-                                    vendor,
-                                );
-                                if u.changed == 0 {
-                                    // Intel's RCL/RCR by a multiple of width+1.
-                                    assert_eq!(want, v & width_mask(size));
-                                    continue;
-                                }
-                                assert_eq!(u.value, want, "{kind:?} {size} {v:#x} by {count}");
-                                let undefined_cf =
-                                    matches!(kind, ShiftKind::Shl | ShiftKind::Shr) && count >= n;
-                                if !undefined_cf {
-                                    assert_eq!(
-                                        u.flags & CF != 0,
-                                        want_cf,
-                                        "{kind:?} {size} {v:#x} by {count} CF"
-                                    );
-                                }
-                                if count == 1 {
-                                    let of = count_one_of(kind, v, want, want_cf, size);
-                                    assert_eq!(u.flags & OF != 0, of, "{kind:?} {size} {v:#x} OF");
-                                }
-                            }
-                        }
-                    }
+                assert_eq!(u.value, want, "{kind:?} {size} {v:#x} by {count}");
+                let undefined_cf = matches!(kind, ShiftKind::Shl | ShiftKind::Shr) && count >= n;
+                if !undefined_cf {
+                    assert_eq!(
+                        u.flags & CF != 0,
+                        want_cf,
+                        "{kind:?} {size} {v:#x} by {count} CF"
+                    );
+                }
+                if count == 1 {
+                    let of = count_one_of(kind, v, want, want_cf, size);
+                    assert_eq!(u.flags & OF != 0, of, "{kind:?} {size} {v:#x} OF");
                 }
             }
-        }
+        });
     }
 
     #[test]
@@ -707,17 +713,6 @@ mod tests {
     /// first one-bit step on the original operands, whatever the count.
     #[test]
     fn intel_of_is_the_first_steps_at_every_count() {
-        let kinds = [
-            ShiftKind::Shl,
-            ShiftKind::Shr,
-            ShiftKind::Sar,
-            ShiftKind::Rol,
-            ShiftKind::Ror,
-            ShiftKind::Rcl,
-            ShiftKind::Rcr,
-            ShiftKind::Shld,
-            ShiftKind::Shrd,
-        ];
         let values = [
             0u64,
             1,
@@ -729,30 +724,18 @@ mod tests {
             u64::MAX,
             0x6000_0000,
         ];
-        for kind in kinds {
-            for size in [1usize, 2, 4, 8] {
-                if matches!(kind, ShiftKind::Shld | ShiftKind::Shrd) && size == 1 {
-                    continue;
-                }
-                let limit = if size == 8 { 63 } else { 31 };
-                for count in 1..=limit {
-                    for &v in &values {
-                        for cf_in in [false, true] {
-                            let src = v.rotate_right(7) ^ 0x5A5A;
-                            let rflags = if cf_in { CF } else { 0 };
-                            let u = apply(kind, v, src, count, rflags, size, Vendor::Intel);
-                            if u.changed == 0 {
-                                continue;
-                            }
-                            let mask = width_mask(size);
-                            let (first, first_cf) = iterate(kind, v, src & mask, 1, cf_in, size);
-                            let of = count_one_of(kind, v, first, first_cf, size);
-                            assert_eq!(u.flags & OF != 0, of, "{kind:?} {size} {v:#x} by {count}");
-                        }
-                    }
-                }
+        each_case(&values, |kind, size, count, v, cf_in| {
+            let src = v.rotate_right(7) ^ 0x5A5A;
+            let rflags = if cf_in { CF } else { 0 };
+            let u = apply(kind, v, src, count, rflags, size, Vendor::Intel);
+            if u.changed == 0 {
+                return;
             }
-        }
+            let mask = width_mask(size);
+            let (first, first_cf) = iterate(kind, v, src & mask, 1, cf_in, size);
+            let of = count_one_of(kind, v, first, first_cf, size);
+            assert_eq!(u.flags & OF != 0, of, "{kind:?} {size} {v:#x} by {count}");
+        });
     }
 
     /// Single cases run natively on a Xeon of family 6, model 207 (RFLAGS in by POPFQ, out by
