@@ -14,10 +14,10 @@
 //! callbacks it made are printed by kind (`CALLBACKS` lines). After each group the ratio of
 //! the medians is printed (`RATIO` lines), read back from criterion's
 //! `target/criterion/<group>/<function>/new/estimates.json`. The REP cases also print the
-//! median per element (`PER-ELEMENT`); the string port cases are compared with their callbacks
-//! alone (group `callbacks-only`, `BEYOND-CALLBACKS`), and the bulk REP MOVSB with a plain
-//! `copy_from_slice` of the same size (group `memcpy-64k`, `BANDWIDTH`). Lines are printed
-//! only for groups this run measured (under `--profile-time` or a filter, fewer).
+//! median per element (`PER-ELEMENT`); the element-by-element REP cases are compared with
+//! their callbacks alone (group `callbacks-only`, `BEYOND-CALLBACKS`), and the bulk REP MOVSB
+//! with a plain `copy_from_slice` of the same size (group `memcpy-64k`, `BANDWIDTH`). Lines
+//! are printed only for groups this run measured (under `--profile-time` or a filter, fewer).
 //!
 //! ```sh
 //! cargo bench --bench exits
@@ -657,59 +657,86 @@ fn bench_case(c: &mut Criterion, case: &mut Case) -> Option<f64> {
     hvemu
 }
 
-/// What REP INSB / OUTSB cost beyond their callbacks: `n` port + memory callback pairs made
-/// directly, the way hvemu makes them per element.
-fn bench_callbacks_only(
-    c: &mut Criterion,
-    string_cases: &[(&'static str, bool, u64, Option<f64>)],
-) {
+/// The callbacks one REP iteration makes, in hvemu's order.
+#[derive(Clone, Copy)]
+enum Element {
+    /// INSB: port read, then memory write.
+    In,
+    /// OUTSB: memory read, then port write.
+    Out,
+    /// MOVSB: memory read, then memory write.
+    Movs,
+    /// STOSB: memory write.
+    Stos,
+}
+
+/// One byte-sized `memory` call at `gpa`.
+fn memory_byte(v: &mut Vcpu, gpa: u64, direction: AccessDirection, data: &mut [u8; 1]) {
+    let mut m = MemoryAccessInfo {
+        gpa_address: gpa,
+        direction,
+        data,
+    };
+    let _ = v.memory(&mut m);
+}
+
+/// One byte-sized `io_port` call at port 0x80; returns what a read gave.
+fn port_byte(v: &mut Vcpu, direction: AccessDirection, data: u8) -> u8 {
+    let mut io = IoAccessInfo {
+        direction,
+        port: 0x80,
+        access_size: 1,
+        data: u32::from(data),
+    };
+    let _ = v.io_port(&mut io);
+    io.data as u8
+}
+
+/// What the element-by-element REP forms cost beyond their callbacks: `n` iterations' worth
+/// of callbacks made directly, at the addresses hvemu uses (`src` for reads, `dst` for
+/// writes).
+fn bench_callbacks_only(c: &mut Criterion, cases: &[(&'static str, Element, u64, Option<f64>)]) {
+    use AccessDirection::{Read, Write};
     let since = SystemTime::now();
     let mut group = c.benchmark_group("callbacks-only");
     let mut vcpu = Vcpu::new(long());
-    for &(name, out, n, _) in string_cases {
+    for &(name, element, n, _) in cases {
+        let (src, dst) = match element {
+            Element::In | Element::Out => (0x3_0000, 0x3_0000),
+            Element::Movs | Element::Stos => (0x1_0000, 0x2_0000),
+        };
         group.throughput(Throughput::Elements(n));
         group.bench_function(name, |b| {
             b.iter(|| {
                 for i in 0..n {
-                    // black_box: the compiler must not merge the calls into a memset.
+                    // black_box: the compiler must not merge the calls into a memcpy.
                     let v = black_box(&mut vcpu);
-                    let gpa = black_box(0x3_0000 + i);
-                    let mut io = IoAccessInfo {
-                        direction: if out {
-                            AccessDirection::Write
-                        } else {
-                            AccessDirection::Read
-                        },
-                        port: 0x80,
-                        access_size: 1,
-                        data: 0,
-                    };
+                    let i = black_box(i);
                     let mut data = [0u8; 1];
-                    if out {
-                        let mut m = MemoryAccessInfo {
-                            gpa_address: gpa,
-                            direction: AccessDirection::Read,
-                            data: &mut data,
-                        };
-                        let _ = v.memory(&mut m);
-                        io.data = u32::from(data[0]);
-                        let _ = v.io_port(&mut io);
-                    } else {
-                        let _ = v.io_port(&mut io);
-                        data[0] = io.data as u8;
-                        let mut m = MemoryAccessInfo {
-                            gpa_address: gpa,
-                            direction: AccessDirection::Write,
-                            data: &mut data,
-                        };
-                        let _ = v.memory(&mut m);
+                    match element {
+                        Element::In => {
+                            data[0] = port_byte(v, Read, 0);
+                            memory_byte(v, dst + i, Write, &mut data);
+                        }
+                        Element::Out => {
+                            memory_byte(v, src + i, Read, &mut data);
+                            port_byte(v, Write, data[0]);
+                        }
+                        Element::Movs => {
+                            memory_byte(v, src + i, Read, &mut data);
+                            memory_byte(v, dst + i, Write, &mut data);
+                        }
+                        Element::Stos => {
+                            data[0] = 0xE7;
+                            memory_byte(v, dst + i, Write, &mut data);
+                        }
                     }
                 }
             })
         });
     }
     group.finish();
-    for &(name, _, n, hvemu) in string_cases {
+    for &(name, _, n, hvemu) in cases {
         let Some(callbacks) = median_ns("callbacks-only", name, since) else {
             continue;
         };
@@ -769,15 +796,17 @@ fn exits(c: &mut Criterion) {
     }
 
     // REP strings element by element: the bulk callbacks decline.
-    bench_case(c, &mut rep_movsb("rep-movsb-4k", 0x1000));
-    bench_case(c, &mut rep_stosb("rep-stosb-4k", 0x1000));
+    let movsb = bench_case(c, &mut rep_movsb("rep-movsb-4k", 0x1000));
+    let stosb = bench_case(c, &mut rep_stosb("rep-stosb-4k", 0x1000));
     let insb = bench_case(c, &mut Case::string_io("rep-insb-256", long(), false, 256));
     let outsb = bench_case(c, &mut Case::string_io("rep-outsb-256", long(), true, 256));
     bench_callbacks_only(
         c,
         &[
-            ("rep-insb-256", false, 256, insb),
-            ("rep-outsb-256", true, 256, outsb),
+            ("rep-movsb-4k", Element::Movs, 0x1000, movsb),
+            ("rep-stosb-4k", Element::Stos, 0x1000, stosb),
+            ("rep-insb-256", Element::In, 256, insb),
+            ("rep-outsb-256", Element::Out, 256, outsb),
         ],
     );
 
