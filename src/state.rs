@@ -760,11 +760,29 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use iced_x86::Register;
 
-    use super::gpr_index;
+    use super::{gpr_index, le_value};
+
+    /// Every length reads as the little-endian number it spells, the usual widths and the
+    /// odd ones alike; bytes past the 16th are ignored.
+    #[test]
+    fn le_value_reads_any_length() {
+        let bytes: [u8; 17] = core::array::from_fn(|i| 0x11u8.wrapping_mul(i as u8 + 1));
+        for len in 0..=17 {
+            let mut want = 0u128;
+            for (i, b) in bytes.iter().take(len.min(16)).enumerate() {
+                want |= u128::from(*b) << (8 * i);
+            }
+            assert_eq!(le_value(&bytes[..len]), want, "{len} bytes");
+        }
+    }
 
     /// The sizes README.md quotes: one emulation's snapshot and the emulator's settings.
     #[test]
