@@ -28,10 +28,11 @@
 //! * BSF, BSR: with a zero source ZF is set and the destination is not written at all (AMD
 //!   documents this; both vendors do it, measured; the SDM now says "unmodified" too, while
 //!   LLVM notes that some Intel parts clear bits 63:32 of a 32-bit destination, which the Xeon
-//!   measured here does not; hvemu leaves all of it). Otherwise the destination receives the index of the lowest (highest)
-//!   set bit and ZF is cleared. CF, OF, SF, AF and PF are undefined. AMD leaves them unchanged.
-//!   Intel clears CF, OF, SF and AF and sets PF from the parity of the index; with a zero
-//!   source it clears the same four and sets PF (the parity of the zero source).
+//!   measured here does not; hvemu leaves all of it). Otherwise the destination receives the
+//!   index of the lowest (highest) set bit and ZF is cleared. CF, OF, SF, AF and PF are
+//!   undefined. AMD leaves them unchanged. Intel clears CF, OF, SF and AF and sets PF from the
+//!   parity of the index; with a zero source it clears the same four and sets PF (the parity
+//!   of the zero source).
 //! * POPCNT: the number of set bits; ZF when the source is zero; CF, OF, SF, AF, PF cleared.
 //! * LZCNT, TZCNT: the number of leading (trailing) zero bits, the width for a zero source; CF
 //!   when the source is zero, ZF when the result is zero. OF, SF, AF and PF are undefined: AMD

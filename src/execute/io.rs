@@ -9,14 +9,14 @@
 use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 
 use super::string::{accumulator, advance, string_address_size, string_operand};
-use super::unsupported;
+use super::{read_value, unsupported};
 use crate::access::{Intent, Privilege};
 use crate::callbacks::EmulatorCallbacks;
 use crate::error::Exception;
 use crate::registers::Segment;
 use crate::rep::{self, Block, Progress};
 use crate::state::gpr::{RAX, RCX, RDI, RDX, RSI};
-use crate::state::{Cpu, Mode, RegSet, Res, Slot, le_value, segment_of};
+use crate::state::{Cpu, Mode, RegSet, Res, Slot, segment_of};
 
 /// A port operation: direction, element size and whether it is a string form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,8 +189,8 @@ pub(super) fn run<C: EmulatorCallbacks>(
         let data = buf.get_mut(..size).unwrap_or(&mut []);
         if op.is_write {
             let src = string_operand(cpu, source, RSI, address_size)?;
-            cpu.read_mem(src, data)?;
-            cpu.port_out(port, op.size, le_value(data) as u32)?;
+            let value = read_value(cpu, src, size)?;
+            cpu.port_out(port, op.size, value as u32)?;
             advance(cpu, RSI, size, address_size)
         } else {
             let dst = string_operand(cpu, Segment::Es, RDI, address_size)?;

@@ -293,10 +293,9 @@ pub(crate) fn read_value<C: EmulatorCallbacks>(
     mem: MemRef,
     size: usize,
 ) -> Res<u64, C> {
-    let mut buf = [0u8; 8];
-    let data = buf.get_mut(..size.min(8)).unwrap_or(&mut []);
-    cpu.read_mem(mem, data)?;
-    Ok(crate::state::le_value(data) as u64)
+    let size = size.min(8);
+    let span = cpu.resolve(mem, size, crate::access::Intent::Read)?;
+    cpu.read_span_value(&span, size)
 }
 
 /// The error for an instruction form hvemu does not emulate.

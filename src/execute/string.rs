@@ -14,14 +14,14 @@
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
 use super::flags::{self, ARITHMETIC};
-use super::unsupported;
+use super::{read_value, unsupported};
 use crate::access::Intent;
 use crate::callbacks::EmulatorCallbacks;
 use crate::operand::{MemRef, address_mask};
 use crate::registers::Segment;
 use crate::rep::{self, Block, Progress};
 use crate::state::gpr::{RAX, RCX, RDI, RSI};
-use crate::state::{Cpu, RFLAGS_DF, RegSet, Res, Slot, le_value, segment_of};
+use crate::state::{Cpu, RFLAGS_DF, RegSet, Res, Slot, segment_of};
 
 /// Which string move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,8 +175,8 @@ pub(super) fn run<C: EmulatorCallbacks>(
             }
             StringKind::Lods => {
                 let src = string_operand(cpu, source, RSI, address_size)?;
-                cpu.read_mem(src, data)?;
-                cpu.write_reg(accumulator(size), le_value(data) as u64)?;
+                let value = read_value(cpu, src, size)?;
+                cpu.write_reg(accumulator(size), value)?;
                 advance(cpu, RSI, size, address_size)
             }
             StringKind::Cmps => {
@@ -193,8 +193,8 @@ pub(super) fn run<C: EmulatorCallbacks>(
             StringKind::Scas => {
                 let dst = string_operand(cpu, Segment::Es, RDI, address_size)?;
                 let value = cpu.read_reg(accumulator(size))?;
-                cpu.read_mem(dst, data)?;
-                compare(cpu, value, le_value(data) as u64, size);
+                let found = read_value(cpu, dst, size)?;
+                compare(cpu, value, found, size);
                 advance(cpu, RDI, size, address_size)
             }
         }

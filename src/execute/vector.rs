@@ -531,6 +531,11 @@ impl Run {
     fn len(self) -> usize {
         usize::from(self.len)
     }
+
+    /// The operand bytes it covers.
+    fn range(self) -> core::ops::Range<usize> {
+        self.start()..self.start().saturating_add(self.len())
+    }
 }
 
 /// The most runs a 64-byte operand can hold (alternate bytes selected).
@@ -719,14 +724,14 @@ pub(super) fn run<C: EmulatorCallbacks>(
                 dst.copy_from_slice(src);
             }
             for (span, r) in &spans {
-                if let Some(bytes) = data.get_mut(r.start()..).and_then(|b| b.get_mut(..r.len())) {
+                if let Some(bytes) = data.get_mut(r.range()) {
                     cpu.write_span(span, bytes)?;
                 }
             }
         }
         Dir::Load => {
             for (span, r) in &spans {
-                if let Some(bytes) = data.get_mut(r.start()..).and_then(|b| b.get_mut(..r.len())) {
+                if let Some(bytes) = data.get_mut(r.range()) {
                     cpu.read_span(span, bytes)?;
                 }
             }

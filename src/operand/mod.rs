@@ -100,10 +100,4 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
         let linear = self.linearize(mem.seg, mem.offset, len, intent)?;
         self.translate(linear, len, intent, Privilege::Current)
     }
-
-    /// Reads `buf.len()` bytes at `mem`.
-    pub(crate) fn read_mem(&mut self, mem: MemRef, buf: &mut [u8]) -> Res<(), C> {
-        let span = self.resolve(mem, buf.len(), Intent::Read)?;
-        self.read_span(&span, buf)
-    }
 }
