@@ -8,7 +8,10 @@
 //!
 //! * `decode`: the floor, `iced_x86::Decoder::new` + `decode_out` of the same bytes (the
 //!   decoder is constructed every iteration, as hvemu does per exit);
-//! * `hvemu`: the whole `Emulator::emulate_mmio` / `emulate_io`, callbacks included.
+//! * `hvemu`: the whole `Emulator::emulate_mmio` / `emulate_io`, callbacks included, for a
+//!   monitor that keeps no [`DecodeCache`]: every exit decodes;
+//! * `hvemu-cached` (single instructions only): the same for a monitor that keeps one, so that
+//!   every exit but the first finds its instruction decoded (`RATIO-CACHED` lines).
 //!
 //! Before its group, each case is emulated once outside the timing: it must complete, and the
 //! callbacks it made are printed by kind (`CALLBACKS` lines). After each group the ratio of
@@ -34,10 +37,10 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hvemu::{
-    AccessDirection, Completion, Config, EmulationError, Emulator, EmulatorCallbacks, IoAccessInfo,
-    IoPortAccessContext, IoPortAccessInfo, MemoryAccessContext, MemoryAccessInfo, MemoryAccessType,
-    RegisterFile, RegisterFileError, RegisterName, RegisterValue, Segment, StringIoAccess,
-    TranslateGvaFlags, TranslateGvaResult, VpExitContext,
+    AccessDirection, Completion, Config, DecodeCache, EmulationError, Emulator, EmulatorCallbacks,
+    IoAccessInfo, IoPortAccessContext, IoPortAccessInfo, MemoryAccessContext, MemoryAccessInfo,
+    MemoryAccessType, RegisterFile, RegisterFileError, RegisterName, RegisterValue, Segment,
+    StringIoAccess, TranslateGvaFlags, TranslateGvaResult, VpExitContext,
 };
 use iced_x86::{Decoder, DecoderOptions, Instruction};
 
@@ -124,7 +127,8 @@ struct Vcpu {
     /// Whether `copy_memory`, `fill_memory` and `io_port_string` do the work; when clear they
     /// decline, as the trait's defaults do.
     bulk: bool,
-    counts: Counts,
+    /// The decode cache offered to hvemu, when the case runs warm.
+    decoded: Option<DecodeCache>,
 }
 
 impl Vcpu {
@@ -133,7 +137,7 @@ impl Vcpu {
             regs,
             ram: vec![0x5A; RAM_SIZE],
             bulk: false,
-            counts: Counts::default(),
+            decoded: None,
         }
     }
 
@@ -199,8 +203,11 @@ fn store_le(dst: &mut [u8], value: u32) {
 impl EmulatorCallbacks for Vcpu {
     type Error = VcpuError;
 
+    fn decode_cache(&mut self) -> Option<&mut DecodeCache> {
+        self.decoded.as_mut()
+    }
+
     fn io_port(&mut self, access: &mut IoAccessInfo) -> Result<(), Self::Error> {
-        self.counts.io += 1;
         match access.direction {
             AccessDirection::Read => access.data = Self::port_read(access.port),
             AccessDirection::Write => Self::port_write(access.port, access.data),
@@ -209,7 +216,6 @@ impl EmulatorCallbacks for Vcpu {
     }
 
     fn memory(&mut self, access: &mut MemoryAccessInfo<'_>) -> Result<(), Self::Error> {
-        self.counts.memory += 1;
         let (gpa, len) = (access.gpa_address, access.data.len());
         let range = self
             .ram_range(gpa, len)
@@ -227,7 +233,6 @@ impl EmulatorCallbacks for Vcpu {
         names: &[RegisterName],
         values: &mut [RegisterValue],
     ) -> Result<(), Self::Error> {
-        self.counts.get += 1;
         self.regs.get(names, values).map_err(VcpuError::Registers)
     }
 
@@ -236,7 +241,6 @@ impl EmulatorCallbacks for Vcpu {
         names: &[RegisterName],
         values: &[RegisterValue],
     ) -> Result<(), Self::Error> {
-        self.counts.set += 1;
         self.regs.set(names, values).map_err(VcpuError::Registers)
     }
 
@@ -245,13 +249,11 @@ impl EmulatorCallbacks for Vcpu {
         gva_page: u64,
         _flags: TranslateGvaFlags,
     ) -> Result<(TranslateGvaResult, u64), Self::Error> {
-        self.counts.translate += 1;
         // Identity: linear = physical.
         Ok((TranslateGvaResult::Success, gva_page))
     }
 
     fn copy_memory(&mut self, dst: u64, src: u64, len: usize) -> Result<bool, Self::Error> {
-        self.counts.copy += 1;
         match (
             self.bulk,
             self.ram_range(dst, len),
@@ -259,18 +261,13 @@ impl EmulatorCallbacks for Vcpu {
         ) {
             (true, Some(d), Some(s)) => {
                 self.ram.copy_within(s, d.start);
-                self.counts.bulk_bytes += len as u64;
                 Ok(true)
             }
-            _ => {
-                self.counts.declined += 1;
-                Ok(false)
-            }
+            _ => Ok(false),
         }
     }
 
     fn fill_memory(&mut self, dst: u64, element: &[u8], count: usize) -> Result<bool, Self::Error> {
-        self.counts.fill += 1;
         let len = element.len().saturating_mul(count);
         match (self.bulk, self.ram_range(dst, len)) {
             (true, Some(range)) => {
@@ -281,22 +278,16 @@ impl EmulatorCallbacks for Vcpu {
                         .chunks_exact_mut(element.len())
                         .for_each(|e| e.copy_from_slice(element)),
                 }
-                self.counts.bulk_bytes += len as u64;
                 Ok(true)
             }
-            _ => {
-                self.counts.declined += 1;
-                Ok(false)
-            }
+            _ => Ok(false),
         }
     }
 
     fn io_port_string(&mut self, access: &StringIoAccess) -> Result<bool, Self::Error> {
-        self.counts.io_string += 1;
         let size = usize::from(access.access_size);
         let len = size.saturating_mul(access.count as usize);
         if !self.bulk || self.ram_range(access.gpa, len).is_none() {
-            self.counts.declined += 1;
             return Ok(false);
         }
         for i in 0..access.count {
@@ -308,8 +299,92 @@ impl EmulatorCallbacks for Vcpu {
                 AccessDirection::Write => Self::port_write(access.port, load_le(element)),
             }
         }
-        self.counts.bulk_bytes += len as u64;
         Ok(true)
+    }
+}
+
+/// A [`Vcpu`] seen through a tally of the callbacks made, by kind. Only the untimed emulation
+/// of each case goes through it: the timed ones call the `Vcpu` itself, so that the figures
+/// carry no bookkeeping a monitor would not do.
+struct Counting<'a> {
+    vcpu: &'a mut Vcpu,
+    counts: Counts,
+}
+
+impl Counting<'_> {
+    /// Tallies a bulk offer's outcome: `bytes` moved if accepted.
+    fn bulk(&mut self, accepted: &Result<bool, VcpuError>, bytes: usize) {
+        match accepted {
+            Ok(true) => self.counts.bulk_bytes += bytes as u64,
+            _ => self.counts.declined += 1,
+        }
+    }
+}
+
+impl EmulatorCallbacks for Counting<'_> {
+    type Error = VcpuError;
+
+    fn decode_cache(&mut self) -> Option<&mut DecodeCache> {
+        self.vcpu.decode_cache()
+    }
+
+    fn io_port(&mut self, access: &mut IoAccessInfo) -> Result<(), Self::Error> {
+        self.counts.io += 1;
+        self.vcpu.io_port(access)
+    }
+
+    fn memory(&mut self, access: &mut MemoryAccessInfo<'_>) -> Result<(), Self::Error> {
+        self.counts.memory += 1;
+        self.vcpu.memory(access)
+    }
+
+    fn get_registers(
+        &mut self,
+        names: &[RegisterName],
+        values: &mut [RegisterValue],
+    ) -> Result<(), Self::Error> {
+        self.counts.get += 1;
+        self.vcpu.get_registers(names, values)
+    }
+
+    fn set_registers(
+        &mut self,
+        names: &[RegisterName],
+        values: &[RegisterValue],
+    ) -> Result<(), Self::Error> {
+        self.counts.set += 1;
+        self.vcpu.set_registers(names, values)
+    }
+
+    fn translate_gva_page(
+        &mut self,
+        gva_page: u64,
+        flags: TranslateGvaFlags,
+    ) -> Result<(TranslateGvaResult, u64), Self::Error> {
+        self.counts.translate += 1;
+        self.vcpu.translate_gva_page(gva_page, flags)
+    }
+
+    fn copy_memory(&mut self, dst: u64, src: u64, len: usize) -> Result<bool, Self::Error> {
+        self.counts.copy += 1;
+        let accepted = self.vcpu.copy_memory(dst, src, len);
+        self.bulk(&accepted, len);
+        accepted
+    }
+
+    fn fill_memory(&mut self, dst: u64, element: &[u8], count: usize) -> Result<bool, Self::Error> {
+        self.counts.fill += 1;
+        let accepted = self.vcpu.fill_memory(dst, element, count);
+        self.bulk(&accepted, element.len().saturating_mul(count));
+        accepted
+    }
+
+    fn io_port_string(&mut self, access: &StringIoAccess) -> Result<bool, Self::Error> {
+        self.counts.io_string += 1;
+        let accepted = self.vcpu.io_port_string(access);
+        let bytes = usize::from(access.access_size).saturating_mul(access.count as usize);
+        self.bulk(&accepted, bytes);
+        accepted
     }
 }
 
@@ -407,26 +482,50 @@ impl Case {
         self
     }
 
-    #[inline(always)]
-    fn emulate(&mut self) -> Result<Completion, EmulationError<VcpuError>> {
+    /// Restores the registers a REP form consumes.
+    fn reset(&mut self) {
         for &(n, v) in &self.reset {
             self.vcpu.regs.set_gpr(n, v);
         }
-        let mut emulator = Emulator::with_config(&mut self.vcpu, self.config);
-        match &self.exit {
-            Exit::Mmio(mmio) => emulator.emulate_mmio(&self.vp, mmio),
-            Exit::Io(io) => emulator.emulate_io(&self.vp, io),
-        }
+    }
+
+    /// One timed emulation, straight to the `Vcpu` (callbacks a monitor would write: no tally).
+    #[inline(always)]
+    fn emulate(&mut self) -> Result<Completion, EmulationError<VcpuError>> {
+        self.reset();
+        run_exit(
+            Emulator::with_config(&mut self.vcpu, self.config),
+            &self.vp,
+            &self.exit,
+        )
     }
 
     /// One emulation outside the timing: it must complete; prints the callbacks it made.
     fn check(&mut self) {
-        self.vcpu.counts = Counts::default();
-        match self.emulate() {
+        self.reset();
+        let mut counting = Counting {
+            vcpu: &mut self.vcpu,
+            counts: Counts::default(),
+        };
+        let emulator = Emulator::with_config(&mut counting, self.config);
+        match run_exit(emulator, &self.vp, &self.exit) {
             Ok(Completion::Complete) => {}
             other => panic!("{}: emulation did not complete: {other:?}", self.name),
         }
-        println!("CALLBACKS {}: {}", self.name, self.vcpu.counts);
+        println!("CALLBACKS {}: {}", self.name, counting.counts);
+    }
+}
+
+/// Emulates `exit` with `emulator`.
+#[inline(always)]
+fn run_exit<C: EmulatorCallbacks>(
+    mut emulator: Emulator<C>,
+    vp: &VpExitContext,
+    exit: &Exit,
+) -> Result<Completion, EmulationError<C::Error>> {
+    match exit {
+        Exit::Mmio(mmio) => emulator.emulate_mmio(vp, mmio),
+        Exit::Io(io) => emulator.emulate_io(vp, io),
     }
 }
 
@@ -641,9 +740,29 @@ fn bench_case(c: &mut Criterion, case: &mut Case) -> Option<f64> {
             case.failures += u64::from(!done);
         })
     });
+    if case.elements.is_none() {
+        // The same exits for a monitor that keeps a decode cache: every one after the first
+        // is a hit.
+        case.vcpu.decoded = Some(DecodeCache::new());
+        group.bench_function("hvemu-cached", |b| {
+            b.iter(|| {
+                let done = matches!(case.emulate(), Ok(Completion::Complete));
+                case.failures += u64::from(!done);
+            })
+        });
+        case.vcpu.decoded = None;
+    }
     group.finish();
     assert_eq!(case.failures, 0, "{}: timed emulations failed", case.name);
     let hvemu = median_ns(case.name, "hvemu", since);
+    let cached = median_ns(case.name, "hvemu-cached", since);
+    if let (Some(h), Some(d)) = (cached, median_ns(case.name, "decode", since)) {
+        println!(
+            "RATIO-CACHED {}: hvemu with a decode cache {h:.1} ns / floor {d:.1} ns = {:.2}x",
+            case.name,
+            h / d
+        );
+    }
     if let (Some(h), Some(d)) = (hvemu, median_ns(case.name, "decode", since)) {
         println!(
             "RATIO {}: hvemu {h:.1} ns / floor {d:.1} ns = {:.2}x",

@@ -6,7 +6,7 @@
 
 Reads target/criterion/<case>/{decode,hvemu}/new/estimates.json (the medians of the last
 run of each group) and prints one row per case: hvemu median, decode-floor median, their
-ratio. With the bench's printed output as argument (a file, or `-` for stdin), it also fills
+ratio, and the same with a decode cache (hvemu-cached) where the case has it. With the bench's printed output as argument (a file, or `-` for stdin), it also fills
 the "callbacks per exit" column from the CALLBACKS lines, lists only the cases that run
 measured (those with a RATIO line, so stale estimates of a case it skipped or filtered out
 are not shown) and the SKIPPED ones, and appends the PER-ELEMENT, CALLBACKS-ONLY,
@@ -136,17 +136,26 @@ def main():
         sys.exit(f"no results under {root}")
     ordered = [c for c in ORDER if c in cases] + sorted(cases - set(ORDER))
 
-    print("| case | hvemu median | floor median | ratio | callbacks per exit |")
-    print("|---|---:|---:|---:|---|")
+    print(
+        "| case | hvemu median | floor median | ratio | with decode cache | ratio | "
+        "callbacks per exit |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---|")
     for case in ordered:
         if case in skipped:
             print(f"| `{case}` | {skipped[case]} | | | |")
             continue
         hvemu = median_ns(root, case, "hvemu")
         floor = median_ns(root, case, "decode")
+        cached = median_ns(root, case, "hvemu-cached")
         ratio = f"{hvemu / floor:.2f}x" if hvemu and floor else "–"
+        cached_ratio = f"{cached / floor:.2f}x" if cached and floor else ""
+        cached_time = fmt_time(cached) if cached else ""
         cb = callbacks.get(case, "–")
-        print(f"| `{case}` | {fmt_time(hvemu)} | {fmt_time(floor)} | {ratio} | {cb} |")
+        print(
+            f"| `{case}` | {fmt_time(hvemu)} | {fmt_time(floor)} | {ratio} | {cached_time} "
+            f"| {cached_ratio} | {cb} |"
+        )
     if extra:
         print()
         for line in extra:

@@ -2,6 +2,7 @@
 
 use bitflags::bitflags;
 
+use crate::decode::DecodeCache;
 use crate::registers::{RegisterName, RegisterValue};
 
 /// Which way data moves in a memory or port access.
@@ -345,6 +346,37 @@ pub trait EmulatorCallbacks {
         let _ = access;
         Ok(false)
     }
+
+    /// The monitor's [`DecodeCache`] for this virtual processor, if it keeps one: repeated
+    /// exits at the same instruction then skip decoding it (the largest single cost of a
+    /// simple exit). The default keeps none, and every exit decodes.
+    ///
+    /// ```
+    /// use hvemu::{DecodeCache, EmulatorCallbacks};
+    /// # use hvemu::*;
+    ///
+    /// struct Vcpu {
+    ///     decoded: DecodeCache,
+    ///     // registers, memory map …
+    /// }
+    ///
+    /// impl EmulatorCallbacks for Vcpu {
+    ///     // … the five required callbacks …
+    /// #   type Error = ();
+    /// #   fn io_port(&mut self, _: &mut IoAccessInfo) -> Result<(), ()> { Err(()) }
+    /// #   fn memory(&mut self, _: &mut MemoryAccessInfo<'_>) -> Result<(), ()> { Err(()) }
+    /// #   fn get_registers(&mut self, _: &[RegisterName], _: &mut [RegisterValue]) -> Result<(), ()> { Err(()) }
+    /// #   fn set_registers(&mut self, _: &[RegisterName], _: &[RegisterValue]) -> Result<(), ()> { Err(()) }
+    /// #   fn translate_gva_page(&mut self, _: u64, _: TranslateGvaFlags) -> Result<(TranslateGvaResult, u64), ()> { Err(()) }
+    ///     fn decode_cache(&mut self) -> Option<&mut DecodeCache> {
+    ///         Some(&mut self.decoded)
+    ///     }
+    /// }
+    /// ```
+    #[inline]
+    fn decode_cache(&mut self) -> Option<&mut DecodeCache> {
+        None
+    }
 }
 
 /// A batch of string port accesses offered to [`EmulatorCallbacks::io_port_string`].
@@ -423,6 +455,10 @@ impl<T: EmulatorCallbacks + ?Sized> EmulatorCallbacks for &mut T {
 
     fn io_port_string(&mut self, access: &StringIoAccess) -> Result<bool, Self::Error> {
         (**self).io_port_string(access)
+    }
+
+    fn decode_cache(&mut self) -> Option<&mut DecodeCache> {
+        (**self).decode_cache()
     }
 
     fn compare_exchange(

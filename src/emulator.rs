@@ -146,7 +146,7 @@ impl<C: EmulatorCallbacks> Emulator<C> {
         vp: &VpExitContext,
         io: &IoPortAccessContext,
     ) -> Result<Completion, EmulationError<C::Error>> {
-        let bytes = validate(vp, io.instruction_byte_count, &io.instruction_bytes)?;
+        let count = validate(vp, io.instruction_byte_count)?;
         let info = io.access_info;
         if !matches!(info.access_size, 1 | 2 | 4) {
             return Err(InvalidArgument::IoAccessSize(info.access_size).into());
@@ -164,7 +164,7 @@ impl<C: EmulatorCallbacks> Emulator<C> {
         cpu.state.preload_segment(Segment::Es, io.es);
         cpu.port_hint = Some(io.port_number);
         let mut instr = iced_x86::Instruction::default();
-        cpu.decode(bytes, &mut instr)?;
+        cpu.decode(&io.instruction_bytes, count, &mut instr)?;
         let not_it = || EmulationError::NotTheExitingInstruction { code: instr.code() };
         let family = Family::of(&instr).ok_or_else(not_it)?;
         let op = family.port().ok_or_else(not_it)?;
@@ -197,7 +197,7 @@ impl<C: EmulatorCallbacks> Emulator<C> {
         vp: &VpExitContext,
         mmio: &MemoryAccessContext,
     ) -> Result<Completion, EmulationError<C::Error>> {
-        let bytes = validate(vp, mmio.instruction_byte_count, &mmio.instruction_bytes)?;
+        let count = validate(vp, mmio.instruction_byte_count)?;
         let mut cpu = Cpu::new(&mut self.callbacks, &self.config, vp);
         if mmio.access_info.gva_valid {
             let validated = match mmio.access_info.access_type {
@@ -215,7 +215,7 @@ impl<C: EmulatorCallbacks> Emulator<C> {
             });
         }
         let mut instr = iced_x86::Instruction::default();
-        cpu.decode(bytes, &mut instr)?;
+        cpu.decode(&mmio.instruction_bytes, count, &mut instr)?;
         if !execute::touches_memory(&instr) {
             return Err(EmulationError::NotTheExitingInstruction { code: instr.code() });
         }
@@ -313,24 +313,20 @@ fn finish<C: EmulatorCallbacks>(
 }
 
 /// Checks what every exit shares; returns the instruction bytes it carries.
-fn validate<'a, E>(
-    vp: &VpExitContext,
-    byte_count: u8,
-    bytes: &'a [u8; 16],
-) -> Result<&'a [u8], EmulationError<E>> {
+fn validate<E>(vp: &VpExitContext, byte_count: u8) -> Result<usize, EmulationError<E>> {
     if vp.instruction_length == 0 || vp.instruction_length > 15 {
         return Err(InvalidArgument::InstructionLength(vp.instruction_length).into());
     }
     if vp.execution_state.cpl > 3 {
         return Err(InvalidArgument::Cpl(vp.execution_state.cpl).into());
     }
-    let bytes = bytes
-        .get(..usize::from(byte_count))
-        .ok_or(InvalidArgument::InstructionByteCount(byte_count))?;
+    if byte_count > 16 {
+        return Err(InvalidArgument::InstructionByteCount(byte_count).into());
+    }
     if vp.execution_state.interruption_pending {
         return Err(EmulationError::InterruptPending);
     }
-    Ok(bytes)
+    Ok(usize::from(byte_count))
 }
 
 fn status<E>(

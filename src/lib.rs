@@ -54,7 +54,7 @@ pub use context::{
     ExecutionState, IoPortAccessContext, IoPortAccessInfo, MemoryAccessContext, MemoryAccessFlags,
     MemoryAccessType, VpExitContext,
 };
-pub use decode::{DecoderSupport, decoder_support, warm_up};
+pub use decode::{DecodeCache, DecoderSupport, decoder_support, warm_up};
 pub use emulator::{Completion, Emulator};
 pub use error::{EmulationError, EmulatorStatus, Exception, InvalidArgument, Vector};
 pub use regfile::{RegisterFile, RegisterFileError};

@@ -103,6 +103,10 @@ struct Wide {
 struct WideRegs(Option<heapless::Vec<Wide, WIDE_HELD>>);
 
 impl WideRegs {
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|v| v.is_empty())
+    }
+
     fn iter(&self) -> core::slice::Iter<'_, Wide> {
         self.0.as_deref().unwrap_or(&[]).iter()
     }
@@ -438,6 +442,9 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
     pub(crate) fn fetch_with(&mut self, set: RegSet, wide: &[RegisterName]) -> Res<(), C> {
         const BATCH: usize = SLOT_COUNT + WIDE_REQUEST;
         let missing = set.slots & !self.state.loaded.slots;
+        if wide.is_empty() && missing.count_ones() as usize <= SMALL_BATCH {
+            return self.fetch_few(missing);
+        }
         let mut names: heapless::Vec<RegisterName, BATCH> = heapless::Vec::new();
         let mut bits = missing;
         while bits != 0 {
@@ -474,6 +481,39 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
             self.state.loaded.slots |= missing;
             Ok(())
         })
+    }
+
+    /// [`Cpu::fetch_with`] for at most [`SMALL_BATCH`] slots and nothing held by name, the
+    /// common exit: fixed arrays on the stack, no list to build.
+    fn fetch_few(&mut self, missing: u32) -> Res<(), C> {
+        let n = missing.count_ones() as usize;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut names = [RegisterName::RIP; SMALL_BATCH];
+        let mut values = [RegisterValue::U64(0); SMALL_BATCH];
+        let mut bits = missing;
+        for name in names.iter_mut().take(n) {
+            *name = Slot::from_index(bits.trailing_zeros()).name();
+            bits &= bits.wrapping_sub(1);
+        }
+        let (names, values) = (
+            names.get(..n).unwrap_or(&[]),
+            values.get_mut(..n).unwrap_or(&mut []),
+        );
+        self.cb
+            .get_registers(names, values)
+            .map_err(EmulationError::GetRegisters)?;
+        let mut bits = missing;
+        for value in values.iter() {
+            let slot = Slot::from_index(bits.trailing_zeros());
+            bits &= bits.wrapping_sub(1);
+            self.state
+                .store(slot, *value)
+                .map_err(EmulationError::BadRegisterValue)?;
+        }
+        self.state.loaded.slots |= missing;
+        Ok(())
     }
 
     /// A register held by name (a vector view, an opmask, an x87/MMX register, XCR0 …), as
@@ -628,6 +668,12 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
         };
         let rflags = (rflags != self.state.rflags_at_exit).then_some(rflags);
         let gprs = self.state.dirty.slots & 0xFFFF;
+        if event.is_none()
+            && self.state.wide.is_empty()
+            && (gprs.count_ones() as usize) < SMALL_BATCH.saturating_sub(1)
+        {
+            return self.commit_few(gprs, new_rip, rflags);
+        }
         let wide = self.state.wide.iter().filter(|w| w.dirty);
         let count = (gprs.count_ones() as usize)
             .saturating_add(1)
@@ -671,6 +717,48 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
     }
 }
 
+impl<C: EmulatorCallbacks> Cpu<'_, C> {
+    /// [`Cpu::commit`] of at most [`SMALL_BATCH`] - 2 GPRs, RIP and RFLAGS, nothing held by
+    /// name and no event: the common exit, in fixed arrays on the stack, every entry
+    /// starting as RIP.
+    fn commit_few(&mut self, gprs: u32, rip: u64, rflags: Option<u64>) -> Res<(), C> {
+        let mut names = [RegisterName::RIP; SMALL_BATCH];
+        let mut values = [RegisterValue::U64(rip); SMALL_BATCH];
+        // The same order as the general path: the GPRs, RIP, then RFLAGS.
+        let mut n = 0usize;
+        let mut bits = gprs;
+        while bits != 0 {
+            let i = bits.trailing_zeros();
+            bits &= bits.wrapping_sub(1);
+            if let (Some(name), Some(value)) = (names.get_mut(n), values.get_mut(n)) {
+                *name = RegisterName(i);
+                *value = RegisterValue::U64(self.state.gpr.get(i as usize).copied().unwrap_or(0));
+            }
+            n = n.wrapping_add(1);
+        }
+        // RIP is already in place at `n` (every entry was made RIP).
+        n = n.wrapping_add(1);
+        if let Some(r) = rflags {
+            if let (Some(name), Some(value)) = (names.get_mut(n), values.get_mut(n)) {
+                *name = RegisterName::RFLAGS;
+                *value = RegisterValue::U64(r);
+            }
+            n = n.wrapping_add(1);
+        }
+        let n = n.min(SMALL_BATCH);
+        self.cb
+            .set_registers(
+                names.get(..n).unwrap_or(&[]),
+                values.get(..n).unwrap_or(&[]),
+            )
+            .map_err(EmulationError::SetRegisters)
+    }
+}
+
+/// The register values the common exit moves in one call, at most: what the small stack
+/// arrays hold (a value is 80 bytes; the largest batch would be kilobytes).
+const SMALL_BATCH: usize = 6;
+
 /// The most register values one `get_registers` or `set_registers` call carries.
 const MOST_VALUES: usize = SLOT_COUNT + WIDE_HELD;
 
@@ -678,9 +766,8 @@ const MOST_VALUES: usize = SLOT_COUNT + WIDE_HELD;
 /// common exit moves a handful, and a value is 80 bytes: a small array for them keeps the
 /// common exit from initialising kilobytes.
 fn with_values<R>(n: usize, f: impl FnOnce(&mut [RegisterValue]) -> R) -> R {
-    const SMALL: usize = 6;
-    if n <= SMALL {
-        let mut values = [RegisterValue::U64(0); SMALL];
+    if n <= SMALL_BATCH {
+        let mut values = [RegisterValue::U64(0); SMALL_BATCH];
         f(values.get_mut(..n).unwrap_or(&mut []))
     } else {
         with_many_values(n, f)

@@ -48,6 +48,9 @@
 //!   (commit, port accesses, memory writes, compare-exchanges) as the same exit carrying every
 //!   byte (unless those bytes alone are not a whole instruction, or the exit is an execute
 //!   exit whose GPA the page map contradicts: hvemu fetches through the exit's GPA).
+//! * decode cache: the same exit emulated by a monitor that offers a [`DecodeCache`], empty
+//!   and then warm from that first emulation, gives the same result and the same callbacks in
+//!   the same order as without one.
 
 #![allow(dead_code)]
 // The main crate's MSRV (1.85) has no let chains, and the replay test compiles this file.
@@ -58,7 +61,7 @@ use std::fmt;
 
 use arbitrary::{Arbitrary, Unstructured};
 use hvemu::{
-    AccessDirection, Completion, Config, EmulationError, Emulator, EmulatorCallbacks,
+    AccessDirection, Completion, Config, DecodeCache, EmulationError, Emulator, EmulatorCallbacks,
     ExecutionState, IoAccessInfo, IoPortAccessContext, IoPortAccessInfo, MemoryAccessContext,
     MemoryAccessFlags, MemoryAccessInfo, MemoryAccessType, RegisterFile, RegisterName,
     RegisterValue, Segment, SegmentAttributes, SegmentRegister, StringIoAccess, TableRegister,
@@ -1038,6 +1041,8 @@ pub struct Model<'c> {
     pub calls: Vec<Call>,
     counts: [u8; 6],
     races: u8,
+    /// The decode cache the monitor offers, if any.
+    pub decoded: Option<DecodeCache>,
 }
 
 impl<'c> Model<'c> {
@@ -1049,6 +1054,7 @@ impl<'c> Model<'c> {
             calls: Vec::new(),
             counts: [0; 6],
             races: 0,
+            decoded: None,
         }
     }
 
@@ -1116,6 +1122,10 @@ impl<'c> Model<'c> {
 
 impl EmulatorCallbacks for Model<'_> {
     type Error = CallKind;
+
+    fn decode_cache(&mut self) -> Option<&mut DecodeCache> {
+        self.decoded.as_mut()
+    }
 
     fn io_port(&mut self, access: &mut IoAccessInfo) -> Result<(), CallKind> {
         let ok = !self.should_fail(CallKind::Io);
@@ -1440,7 +1450,18 @@ type EmuResult = Result<Completion, EmulationError<CallKind>>;
 
 /// One emulation of `case` on a fresh model.
 fn emulate(case: &Case) -> (EmuResult, Vec<Call>) {
+    let (result, calls, _) = emulate_cached(case, None);
+    (result, calls)
+}
+
+/// One emulation of `case` on a fresh model that offers `decoded` as its decode cache;
+/// returns the cache as the emulation left it.
+fn emulate_cached(
+    case: &Case,
+    decoded: Option<DecodeCache>,
+) -> (EmuResult, Vec<Call>, Option<DecodeCache>) {
     let mut model = Model::new(case);
+    model.decoded = decoded;
     let result = {
         let mut emulator = Emulator::with_config(&mut model, case.config);
         match &case.exit {
@@ -1448,7 +1469,23 @@ fn emulate(case: &Case) -> (EmuResult, Vec<Call>) {
             Exit::Io(io) => emulator.emulate_io(&case.vp, io),
         }
     };
-    (result, model.calls)
+    (result, model.calls, model.decoded)
+}
+
+/// The decode cache changes nothing but speed: the same exit emulated by a monitor that
+/// offers a cache, first empty and then holding what that first emulation decoded, gives the
+/// same result with the same callbacks, in the same order, as without one.
+fn check_cached(case: &Case, result: &EmuResult, calls: &[Call]) -> Result<(), String> {
+    let (cold, cold_calls, cache) = emulate_cached(case, Some(DecodeCache::new()));
+    let (warm, warm_calls, _) = emulate_cached(case, cache);
+    for (what, r, c) in [("empty", &cold, &cold_calls), ("warm", &warm, &warm_calls)] {
+        ensure!(
+            r == result && c.as_slice() == calls,
+            "decode cache ({what}): {r:?} with calls {c:#x?}\nwithout a cache: {result:?} with \
+             calls {calls:#x?}"
+        );
+    }
+    Ok(())
 }
 
 /// Runs the case and checks every invariant; panics when one is violated.
@@ -1462,6 +1499,9 @@ pub fn run_case(case: &Case) -> Outcome {
         );
     }
     if let Err(violation) = check_fetch(case, &result, &calls) {
+        panic!("invariant violated: {violation}");
+    }
+    if let Err(violation) = check_cached(case, &result, &calls) {
         panic!("invariant violated: {violation}");
     }
     Outcome {

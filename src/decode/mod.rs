@@ -17,6 +17,10 @@ use crate::state::{Cpu, Mode, Res};
 /// The longest x86 instruction.
 pub(crate) const MAX_INSTRUCTION: usize = 15;
 
+mod cache;
+
+pub use cache::DecodeCache;
+
 /// Builds iced-x86's decoder tables now, so that the first exit does not pay for them.
 ///
 /// iced-x86 allocates its tables on the heap (about 356 KiB) the first time any decoder is
@@ -114,16 +118,37 @@ fn encoding_unavailable(bytes: &[u8], bits: u32) -> bool {
 }
 
 impl<C: EmulatorCallbacks> Cpu<'_, C> {
-    /// Decodes the instruction at RIP into `instr`, starting from the bytes the exit carried.
-    pub(crate) fn decode(&mut self, exit_bytes: &[u8], instr: &mut Instruction) -> Res<(), C> {
+    /// Decodes the instruction at RIP into `instr`, starting from the first `count` bytes of
+    /// `all` (the bytes the exit carried), or takes it from the monitor's [`DecodeCache`].
+    pub(crate) fn decode(
+        &mut self,
+        all: &[u8; 16],
+        count: usize,
+        instr: &mut Instruction,
+    ) -> Res<(), C> {
         let options = match self.config.vendor {
             Vendor::Intel => DecoderOptions::NONE,
             Vendor::Amd => DecoderOptions::AMD,
         };
-        let exit_bytes = exit_bytes.get(..MAX_INSTRUCTION).unwrap_or(exit_bytes);
+        let (rip, bits) = (self.state.rip, self.state.code_bits);
+        let word = u128::from_le_bytes(*all);
+        let cached = self
+            .cb
+            .decode_cache()
+            .and_then(|cache| cache.lookup(word, count, rip, bits, options).copied());
+        if let Some(hit) = cached {
+            *instr = hit;
+            return self.check_fetch(instr);
+        }
+        let exit_bytes = all.get(..count.min(MAX_INSTRUCTION)).unwrap_or(&[]);
         // The common exit carries the whole instruction: decode it in place.
         let mut decoder = self.decoder(exit_bytes, options);
         decoder.decode_out(instr);
+        if !instr.is_invalid() {
+            if let Some(cache) = self.cb.decode_cache() {
+                cache.insert(word, rip, bits, options, instr);
+            }
+        }
         if instr.is_invalid() {
             let error = decoder.last_error();
             let mut buf = [0u8; MAX_INSTRUCTION];
@@ -133,9 +158,13 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
             }
             self.decode_fetching(buf, len, error, options, instr)?;
         }
-        // The processor fetched every byte: the whole instruction lies within the CS limit
-        // and, in 64-bit mode, at canonical addresses (even when the exit supplied the bytes
-        // and nothing was fetched here).
+        self.check_fetch(instr)
+    }
+
+    /// The processor fetched every byte: the whole instruction lies within the CS limit and,
+    /// in 64-bit mode, at canonical addresses (even when the exit supplied the bytes and
+    /// nothing was fetched here).
+    fn check_fetch(&mut self, instr: &Instruction) -> Res<(), C> {
         let ip = self.state.mask_ip(self.state.rip);
         self.linearize(Segment::Cs, ip, instr.len(), Intent::Execute)?;
         Ok(())

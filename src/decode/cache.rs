@@ -1,0 +1,226 @@
+//! Decoded instructions remembered across exits.
+//!
+//! Decoding is the largest single cost of a simple exit, and most of it is building an
+//! iced-x86 decoder, which cannot be pointed at new bytes safely. A guest takes its MMIO and
+//! port exits at a handful of instructions (a driver's register accessors), so a monitor that
+//! keeps a [`DecodeCache`] per virtual processor skips decoding on every exit but the first at
+//! each of them.
+
+use iced_x86::Instruction;
+
+/// Entries held; direct-mapped by RIP.
+const ENTRIES: usize = 8;
+
+/// One remembered decode. What iced-x86 decodes depends on the bytes it consumed, the
+/// bitness, the instruction's address (RIP-relative operands and branch targets are stored
+/// absolute) and the decoder options: all four are the key.
+#[derive(Clone, Copy, Debug, Default)]
+struct Entry {
+    /// The instruction's bytes, little-endian, zero beyond `len`.
+    bytes: u128,
+    rip: u64,
+    options: u32,
+    /// Instruction length, 1..=15; 0 marks an empty entry.
+    len: u8,
+    bits: u8,
+    instr: Instruction,
+}
+
+/// The bytes of the first `len` (at most 15) of `bytes`.
+fn prefix(bytes: u128, len: usize) -> u128 {
+    // `len` is below 16, so the shift is below 128.
+    let shift = u32::try_from(len.min(15)).unwrap_or(15).wrapping_mul(8);
+    bytes & 1u128.wrapping_shl(shift).wrapping_sub(1)
+}
+
+/// Instructions decoded on earlier exits, keyed by their bytes, address, bitness and decoder
+/// options, so that a repeated exit at the same instruction need not decode it again.
+///
+/// A monitor opts in by keeping one per virtual processor and returning it from
+/// [`EmulatorCallbacks::decode_cache`](crate::EmulatorCallbacks::decode_cache). The key holds
+/// everything the decoder's result depends on, including the bytes themselves, so a hit is
+/// exactly what decoding would give: code rewritten in place, another address space or a
+/// mode switch is a miss, never a stale instruction. Only instructions whose bytes all came
+/// with the exit are remembered. It is about 700 bytes, holds no pointers and never allocates.
+///
+/// ```
+/// use hvemu::DecodeCache;
+///
+/// let mut cache = DecodeCache::new();
+/// assert_eq!(cache.len(), 0);
+/// cache.clear();
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct DecodeCache {
+    entries: [Entry; ENTRIES],
+}
+
+impl DecodeCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets every instruction (never needed for correctness; for a monitor that wants a
+    /// cold start, say in a benchmark).
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    /// How many instructions are remembered.
+    pub fn len(&self) -> usize {
+        self.entries.iter().filter(|e| e.len != 0).count()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn slot(rip: u64) -> usize {
+        // Accessors tend to sit a few bytes apart: fold the low bits in.
+        (rip ^ (rip >> 4) ^ (rip >> 12)) as usize % ENTRIES
+    }
+
+    /// The instruction decoded earlier from a prefix of the `count` valid bytes of `bytes`
+    /// at `rip`, in `bits`-bit code with `options`.
+    pub(crate) fn lookup(
+        &self,
+        bytes: u128,
+        count: usize,
+        rip: u64,
+        bits: u32,
+        options: u32,
+    ) -> Option<&Instruction> {
+        let e = self.entries.get(Self::slot(rip))?;
+        let len = usize::from(e.len);
+        let hit = e.rip == rip
+            && len != 0
+            && len <= count
+            && u32::from(e.bits) == bits
+            && e.options == options
+            && prefix(bytes, len) == e.bytes;
+        hit.then_some(&e.instr)
+    }
+
+    /// Remembers `instr`, decoded from the start of `bytes` at `rip`.
+    pub(crate) fn insert(
+        &mut self,
+        bytes: u128,
+        rip: u64,
+        bits: u32,
+        options: u32,
+        instr: &Instruction,
+    ) {
+        let len = instr.len();
+        if !(1..=15).contains(&len) {
+            return;
+        }
+        if let Some(e) = self.entries.get_mut(Self::slot(rip)) {
+            *e = Entry {
+                bytes: prefix(bytes, len),
+                rip,
+                options,
+                len: len as u8,
+                bits: bits as u8,
+                instr: *instr,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions};
+    use std::format;
+
+    fn decode(bits: u32, bytes: &[u8], rip: u64, options: u32) -> Instruction {
+        Decoder::with_ip(bits, bytes, rip, options).decode()
+    }
+
+    fn word(bytes: &[u8; 16]) -> u128 {
+        u128::from_le_bytes(*bytes)
+    }
+
+    #[test]
+    fn a_hit_needs_every_part_of_the_key() {
+        let mut raw = [0xEEu8; 16];
+        raw[..4].copy_from_slice(&[0x89, 0x58, 0x10, 0x90]); // mov [rax+0x10], ebx; nop
+        let (rip, opts) = (0x40_1000, DecoderOptions::NONE);
+        let instr = decode(64, &raw, rip, opts);
+        assert_eq!(instr.len(), 3);
+        let mut cache = DecodeCache::new();
+        cache.insert(word(&raw), rip, 64, opts, &instr);
+        assert_eq!(cache.len(), 1);
+        assert!(cache.lookup(word(&raw), 3, rip, 64, opts).is_some());
+        // Bytes beyond the instruction do not matter.
+        let mut other_tail = raw;
+        other_tail[3..].fill(0x11);
+        assert!(cache.lookup(word(&other_tail), 16, rip, 64, opts).is_some());
+        // Each part of the key does.
+        let mut other = raw;
+        other[2] = 0x20;
+        assert!(cache.lookup(word(&other), 16, rip, 64, opts).is_none());
+        assert!(cache.lookup(word(&raw), 2, rip, 64, opts).is_none());
+        assert!(cache.lookup(word(&raw), 16, rip + 1, 64, opts).is_none());
+        assert!(cache.lookup(word(&raw), 16, rip, 32, opts).is_none());
+        assert!(
+            cache
+                .lookup(word(&raw), 16, rip, 64, DecoderOptions::AMD)
+                .is_none()
+        );
+        cache.clear();
+        assert!(cache.is_empty());
+        assert!(cache.lookup(word(&raw), 16, rip, 64, opts).is_none());
+    }
+
+    /// Over pseudo-random bytes, addresses and bitnesses, what the cache returns is what a
+    /// fresh decode of the same bytes with other trailing bytes gives, field for field.
+    #[test]
+    fn hits_equal_fresh_decodes() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut cache = DecodeCache::new();
+        let mut hits = 0;
+        for _ in 0..20_000 {
+            let mut raw = [0u8; 16];
+            for b in raw.iter_mut() {
+                *b = next() as u8;
+            }
+            let bits = [16, 32, 64][next() as usize % 3];
+            let rip = next() & if bits == 64 { u64::MAX } else { 0xFFFF_FFFF };
+            let opts = [DecoderOptions::NONE, DecoderOptions::AMD][next() as usize % 2];
+            let instr = decode(bits, &raw[..15], rip, opts);
+            if instr.is_invalid() {
+                continue;
+            }
+            cache.insert(word(&raw), rip, bits, opts, &instr);
+            let mut tail = raw;
+            for b in tail[instr.len()..].iter_mut() {
+                *b = next() as u8;
+            }
+            let cached = *cache
+                .lookup(word(&tail), 15, rip, bits, opts)
+                .expect("just inserted");
+            let fresh = decode(bits, &tail[..15], rip, opts);
+            assert_eq!(format!("{cached:?}"), format!("{fresh:?}"), "{raw:02x?}");
+            hits += 1;
+        }
+        assert!(hits > 10_000, "{hits} valid decodes");
+    }
+}
