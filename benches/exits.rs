@@ -215,12 +215,12 @@ impl EmulatorCallbacks for Vcpu {
         Ok(())
     }
 
+    #[inline]
     fn memory(&mut self, access: &mut MemoryAccessInfo<'_>) -> Result<(), Self::Error> {
         let (gpa, len) = (access.gpa_address, access.data.len());
-        let range = self
-            .ram_range(gpa, len)
-            .ok_or(VcpuError::Unmapped { gpa, len })?;
-        let ram = &mut self.ram[range];
+        let Some(ram) = self.ram_range(gpa, len).and_then(|r| self.ram.get_mut(r)) else {
+            return Err(VcpuError::Unmapped { gpa, len });
+        };
         match access.direction {
             AccessDirection::Read => copy_small(access.data, ram),
             AccessDirection::Write => copy_small(ram, access.data),

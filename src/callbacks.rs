@@ -413,14 +413,17 @@ impl StringIoAccess {
 impl<T: EmulatorCallbacks + ?Sized> EmulatorCallbacks for &mut T {
     type Error = T::Error;
 
+    #[inline]
     fn io_port(&mut self, access: &mut IoAccessInfo) -> Result<(), Self::Error> {
         (**self).io_port(access)
     }
 
+    #[inline]
     fn memory(&mut self, access: &mut MemoryAccessInfo<'_>) -> Result<(), Self::Error> {
         (**self).memory(access)
     }
 
+    #[inline]
     fn get_registers(
         &mut self,
         names: &[RegisterName],
@@ -429,6 +432,7 @@ impl<T: EmulatorCallbacks + ?Sized> EmulatorCallbacks for &mut T {
         (**self).get_registers(names, values)
     }
 
+    #[inline]
     fn set_registers(
         &mut self,
         names: &[RegisterName],
@@ -437,6 +441,7 @@ impl<T: EmulatorCallbacks + ?Sized> EmulatorCallbacks for &mut T {
         (**self).set_registers(names, values)
     }
 
+    #[inline]
     fn translate_gva_page(
         &mut self,
         gva_page: u64,
@@ -445,22 +450,27 @@ impl<T: EmulatorCallbacks + ?Sized> EmulatorCallbacks for &mut T {
         (**self).translate_gva_page(gva_page, flags)
     }
 
+    #[inline]
     fn copy_memory(&mut self, dst: u64, src: u64, len: usize) -> Result<bool, Self::Error> {
         (**self).copy_memory(dst, src, len)
     }
 
+    #[inline]
     fn fill_memory(&mut self, dst: u64, element: &[u8], count: usize) -> Result<bool, Self::Error> {
         (**self).fill_memory(dst, element, count)
     }
 
+    #[inline]
     fn io_port_string(&mut self, access: &StringIoAccess) -> Result<bool, Self::Error> {
         (**self).io_port_string(access)
     }
 
+    #[inline]
     fn decode_cache(&mut self) -> Option<&mut DecodeCache> {
         (**self).decode_cache()
     }
 
+    #[inline]
     fn compare_exchange(
         &mut self,
         gpa: u64,

@@ -296,6 +296,24 @@ fn move_run<C: EmulatorCallbacks>(
     n: u64,
     placed: [Placed; 2],
 ) -> (u64, Option<EmulationError<C::Error>>) {
+    // One copy per element size (string elements are 1, 2, 4 or 8 bytes), so that the
+    // callbacks, inlined into the element loops, see buffers of a fixed size.
+    match size {
+        1 => move_elements::<C, 1>(cpu, block, n, placed),
+        2 => move_elements::<C, 2>(cpu, block, n, placed),
+        4 => move_elements::<C, 4>(cpu, block, n, placed),
+        _ => move_elements::<C, 8>(cpu, block, n, placed),
+    }
+}
+
+/// [`move_run`] for elements of `N` bytes.
+fn move_elements<C: EmulatorCallbacks, const N: usize>(
+    cpu: &mut Cpu<'_, C>,
+    block: Block,
+    n: u64,
+    placed: [Placed; 2],
+) -> (u64, Option<EmulationError<C::Error>>) {
+    let size = N;
     let down = cpu.state.rflags & RFLAGS_DF != 0;
     let step = size as u64;
     // `n` elements of `size` bytes fit in one page: none of these products overflow.
@@ -309,9 +327,12 @@ fn move_run<C: EmulatorCallbacks>(
         }
     };
     let lowest = |base: u64| at(base, if down { n.wrapping_sub(1) } else { 0 });
+    // Element by element, each address moves by `stride` (the element size, negated when
+    // descending) from the first.
+    let stride = if down { step.wrapping_neg() } else { step };
     let [first, second] = placed;
-    let mut buf = [0u8; 8];
-    let data = buf.get_mut(..size).unwrap_or(&mut []);
+    let mut buf = [0u8; N];
+    let data = &mut buf;
     let mut k = 0u64;
     let result = (|| -> Res<(), C> {
         match block {
@@ -324,9 +345,12 @@ fn move_run<C: EmulatorCallbacks>(
                     k = n;
                     return Ok(());
                 }
+                let (mut src, mut dst) = (src, dst);
                 while k < n {
-                    cpu.read_gpa(at(src, k), data)?;
-                    cpu.write_gpa(at(dst, k), data)?;
+                    cpu.read_gpa(src, data)?;
+                    cpu.write_gpa(dst, data)?;
+                    src = src.wrapping_add(stride);
+                    dst = dst.wrapping_add(stride);
                     k = k.wrapping_add(1);
                 }
             }
@@ -338,8 +362,10 @@ fn move_run<C: EmulatorCallbacks>(
                     k = n;
                     return Ok(());
                 }
+                let mut dst = first.gpa;
                 while k < n {
-                    cpu.write_gpa(at(first.gpa, k), data)?;
+                    cpu.write_gpa(dst, data)?;
+                    dst = dst.wrapping_add(stride);
                     k = k.wrapping_add(1);
                 }
             }
@@ -361,8 +387,8 @@ fn move_run<C: EmulatorCallbacks>(
                     k = n;
                     return Ok(());
                 }
+                let mut gpa = first.gpa;
                 while k < n {
-                    let gpa = at(first.gpa, k);
                     if writes_port {
                         cpu.read_gpa(gpa, data)?;
                         cpu.port_out(port, size as u8, le_value(data) as u32)?;
@@ -373,6 +399,7 @@ fn move_run<C: EmulatorCallbacks>(
                         }
                         cpu.write_gpa(gpa, data)?;
                     }
+                    gpa = gpa.wrapping_add(stride);
                     k = k.wrapping_add(1);
                 }
             }
