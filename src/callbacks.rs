@@ -2,7 +2,7 @@
 
 use bitflags::bitflags;
 
-use crate::decode::DecodeCache;
+use crate::cache::DecodeCache;
 use crate::registers::{RegisterName, RegisterValue};
 
 /// Which way data moves in a memory or port access.

@@ -2,11 +2,12 @@
 //! operands, execution and (for REP) the repeat driver, and commit.
 
 use crate::access::GpaHint;
+use crate::cache::Key;
 use crate::callbacks::{EmulatorCallbacks, TranslateGvaFlags};
 use crate::config::Config;
 use crate::context::{IoPortAccessContext, MemoryAccessContext, MemoryAccessType, VpExitContext};
 use crate::error::{EmulationError, EmulatorStatus, Exception, InvalidArgument};
-use crate::execute::{self, Family};
+use crate::execute::{self, Family, Plan};
 use crate::registers::{RegisterName, RegisterValue, Segment};
 use crate::rep::Progress;
 use crate::state::{Cpu, RFLAGS_TF, gpr};
@@ -137,8 +138,14 @@ impl<C: EmulatorCallbacks> Emulator<C> {
         vp: &VpExitContext,
         io: &IoPortAccessContext,
     ) -> Result<Completion, EmulationError<C::Error>> {
-        let result = self.run_io(vp, io);
-        self.deliver(vp, result)
+        // The result passes through untouched unless it is an exception to inject: matched in
+        // place rather than handed to `deliver` by value, which cost a store-forwarding stall.
+        match self.run_io(vp, io) {
+            Err(EmulationError::Exception(e)) if self.config.inject_exceptions => {
+                self.deliver(vp, e)
+            }
+            other => other,
+        }
     }
 
     fn run_io(
@@ -163,10 +170,12 @@ impl<C: EmulatorCallbacks> Emulator<C> {
         cpu.state.preload_segment(Segment::Ds, io.ds);
         cpu.state.preload_segment(Segment::Es, io.es);
         cpu.port_hint = Some(io.port_number);
-        let mut instr = iced_x86::Instruction::default();
-        cpu.decode(&io.instruction_bytes, count, &mut instr)?;
-        let not_it = || EmulationError::NotTheExitingInstruction { code: instr.code() };
-        let family = Family::of(&instr).ok_or_else(not_it)?;
+        let mut plan = Plan::empty();
+        find_plan(&mut cpu, &io.instruction_bytes, count, &mut plan)?;
+        let not_it = || EmulationError::NotTheExitingInstruction {
+            code: plan.instr.code(),
+        };
+        let family = plan.family.ok_or_else(not_it)?;
         let op = family.port().ok_or_else(not_it)?;
         if op.is_write != info.is_write
             || op.size != info.access_size
@@ -174,7 +183,7 @@ impl<C: EmulatorCallbacks> Emulator<C> {
         {
             return Err(not_it());
         }
-        finish(&mut cpu, family, &instr)
+        finish(&mut cpu, family, &plan)
     }
 
     /// Emulates the instruction behind a memory-access exit, saying exactly what went wrong if
@@ -188,8 +197,14 @@ impl<C: EmulatorCallbacks> Emulator<C> {
         vp: &VpExitContext,
         mmio: &MemoryAccessContext,
     ) -> Result<Completion, EmulationError<C::Error>> {
-        let result = self.run_mmio(vp, mmio);
-        self.deliver(vp, result)
+        // The result passes through untouched unless it is an exception to inject: matched in
+        // place rather than handed to `deliver` by value, which cost a store-forwarding stall.
+        match self.run_mmio(vp, mmio) {
+            Err(EmulationError::Exception(e)) if self.config.inject_exceptions => {
+                self.deliver(vp, e)
+            }
+            other => other,
+        }
     }
 
     fn run_mmio(
@@ -214,36 +229,33 @@ impl<C: EmulatorCallbacks> Emulator<C> {
                 validated,
             });
         }
-        let mut instr = iced_x86::Instruction::default();
-        cpu.decode(&mmio.instruction_bytes, count, &mut instr)?;
-        if !execute::touches_memory(&instr) {
-            return Err(EmulationError::NotTheExitingInstruction { code: instr.code() });
+        let mut plan = Plan::empty();
+        find_plan(&mut cpu, &mmio.instruction_bytes, count, &mut plan)?;
+        let code = plan.instr.code();
+        if !plan.touches_memory {
+            return Err(EmulationError::NotTheExitingInstruction { code });
         }
-        let family =
-            Family::of(&instr).ok_or(EmulationError::Unsupported { code: instr.code() })?;
+        let family = plan.family.ok_or(EmulationError::Unsupported { code })?;
         if !family
-            .memory_use(&instr)
+            .memory_use(&plan.instr)
             .allows(mmio.access_info.access_type)
         {
-            return Err(EmulationError::NotTheExitingInstruction { code: instr.code() });
+            return Err(EmulationError::NotTheExitingInstruction { code });
         }
-        finish(&mut cpu, family, &instr)
+        finish(&mut cpu, family, &plan)
     }
 }
 
 impl<C: EmulatorCallbacks> Emulator<C> {
-    /// Hands an exception to the guest when injection is configured: one `set_registers` call
+    /// Hands an exception to the guest (injection is configured): one `set_registers` call
     /// writes the pending-event register, unless the guest's IDT cannot hold the vector, in
     /// which case delivery would only escalate (#DF, shutdown) and the guest cannot be faulted.
+    #[inline(never)]
     fn deliver(
         &mut self,
         vp: &VpExitContext,
-        result: Result<Completion, EmulationError<C::Error>>,
+        exception: Exception,
     ) -> Result<Completion, EmulationError<C::Error>> {
-        let exception = match result {
-            Err(EmulationError::Exception(e)) if self.config.inject_exceptions => e,
-            other => return other,
-        };
         let mut idtr = [RegisterValue::default()];
         self.callbacks
             .get_registers(&[RegisterName::IDTR], &mut idtr)
@@ -278,12 +290,46 @@ impl<C: EmulatorCallbacks> Emulator<C> {
 }
 
 /// Gathers the registers, runs the instruction, commits.
+/// Fills `plan` for the instruction at RIP: from the monitor's [`DecodeCache`] if it keeps one
+/// and has seen the instruction, else decoded (from the exit's first `count` bytes in `all`,
+/// fetching what is missing) and classified, and then remembered if the exit's bytes held all
+/// of it. `plan` is filled in place: a freshly decoded instruction moved by value is read back
+/// with wide loads over the decoder's narrow stores, a store-forwarding stall.
+fn find_plan<C: EmulatorCallbacks>(
+    cpu: &mut Cpu<'_, C>,
+    all: &[u8; 16],
+    count: usize,
+    plan: &mut Plan,
+) -> Result<(), EmulationError<C::Error>> {
+    let key = Key {
+        bytes: u128::from_le_bytes(*all),
+        count,
+        rip: cpu.state.rip,
+        bits: cpu.state.code_bits,
+        options: cpu.decoder_options(),
+    };
+    if let Some(cached) = cpu.cb.decode_cache().and_then(|c| c.lookup(&key)) {
+        *plan = *cached;
+        // A hit skips the decoding, not the checks of the fetch.
+        return cpu.check_fetch(&plan.instr);
+    }
+    let whole = cpu.decode(all, count, &mut plan.instr)?;
+    plan.classify();
+    if whole {
+        if let Some(cache) = cpu.cb.decode_cache() {
+            cache.insert(&key, plan);
+        }
+    }
+    Ok(())
+}
+
 fn finish<C: EmulatorCallbacks>(
     cpu: &mut Cpu<'_, C>,
     family: Family,
-    instr: &iced_x86::Instruction,
+    plan: &Plan,
 ) -> Result<Completion, EmulationError<C::Error>> {
-    let (needed, wide) = execute::registers_needed(cpu, family, instr);
+    let instr = &plan.instr;
+    let (needed, wide) = execute::registers_needed(cpu, family, plan);
     cpu.fetch_with(needed, wide.names())?;
     let progress = execute::run(cpu, family, instr)?;
     let completed = progress == Progress::Complete;

@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 
 mod access;
+mod cache;
 mod callbacks;
 mod config;
 mod context;
@@ -45,6 +46,7 @@ mod registers;
 mod rep;
 mod state;
 
+pub use cache::DecodeCache;
 pub use callbacks::{
     AccessDirection, EmulatorCallbacks, IoAccessInfo, MemoryAccessInfo, StringIoAccess,
     TranslateGvaFlags, TranslateGvaResult,
@@ -54,7 +56,7 @@ pub use context::{
     ExecutionState, IoPortAccessContext, IoPortAccessInfo, MemoryAccessContext, MemoryAccessFlags,
     MemoryAccessType, VpExitContext,
 };
-pub use decode::{DecodeCache, DecoderSupport, decoder_support, warm_up};
+pub use decode::{DecoderSupport, decoder_support, warm_up};
 pub use emulator::{Completion, Emulator};
 pub use error::{EmulationError, EmulatorStatus, Exception, InvalidArgument, Vector};
 pub use regfile::{RegisterFile, RegisterFileError};

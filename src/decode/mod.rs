@@ -17,10 +17,6 @@ use crate::state::{Cpu, Mode, Res};
 /// The longest x86 instruction.
 pub(crate) const MAX_INSTRUCTION: usize = 15;
 
-mod cache;
-
-pub use cache::DecodeCache;
-
 /// Builds iced-x86's decoder tables now, so that the first exit does not pay for them.
 ///
 /// iced-x86 allocates its tables on the heap (about 356 KiB) the first time any decoder is
@@ -118,37 +114,29 @@ fn encoding_unavailable(bytes: &[u8], bits: u32) -> bool {
 }
 
 impl<C: EmulatorCallbacks> Cpu<'_, C> {
+    /// The decoder options of the configured vendor.
+    pub(crate) fn decoder_options(&self) -> u32 {
+        match self.config.vendor {
+            Vendor::Intel => DecoderOptions::NONE,
+            Vendor::Amd => DecoderOptions::AMD,
+        }
+    }
+
     /// Decodes the instruction at RIP into `instr`, starting from the first `count` bytes of
-    /// `all` (the bytes the exit carried), or takes it from the monitor's [`DecodeCache`].
+    /// `all` (the bytes the exit carried) and fetching any that are missing. Returns whether
+    /// the exit's bytes held the whole instruction.
     pub(crate) fn decode(
         &mut self,
         all: &[u8; 16],
         count: usize,
         instr: &mut Instruction,
-    ) -> Res<(), C> {
-        let options = match self.config.vendor {
-            Vendor::Intel => DecoderOptions::NONE,
-            Vendor::Amd => DecoderOptions::AMD,
-        };
-        let (rip, bits) = (self.state.rip, self.state.code_bits);
-        let word = u128::from_le_bytes(*all);
-        let cached = self
-            .cb
-            .decode_cache()
-            .and_then(|cache| cache.lookup(word, count, rip, bits, options).copied());
-        if let Some(hit) = cached {
-            *instr = hit;
-            return self.check_fetch(instr);
-        }
+    ) -> Res<bool, C> {
+        let options = self.decoder_options();
         let exit_bytes = all.get(..count.min(MAX_INSTRUCTION)).unwrap_or(&[]);
         // The common exit carries the whole instruction: decode it in place.
         let mut decoder = self.decoder(exit_bytes, options);
         decoder.decode_out(instr);
-        if !instr.is_invalid() {
-            if let Some(cache) = self.cb.decode_cache() {
-                cache.insert(word, rip, bits, options, instr);
-            }
-        }
+        let whole = !instr.is_invalid();
         if instr.is_invalid() {
             let error = decoder.last_error();
             let mut buf = [0u8; MAX_INSTRUCTION];
@@ -158,13 +146,14 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
             }
             self.decode_fetching(buf, len, error, options, instr)?;
         }
-        self.check_fetch(instr)
+        self.check_fetch(instr)?;
+        Ok(whole)
     }
 
     /// The processor fetched every byte: the whole instruction lies within the CS limit and,
     /// in 64-bit mode, at canonical addresses (even when the exit supplied the bytes and
     /// nothing was fetched here).
-    fn check_fetch(&mut self, instr: &Instruction) -> Res<(), C> {
+    pub(crate) fn check_fetch(&mut self, instr: &Instruction) -> Res<(), C> {
         let ip = self.state.mask_ip(self.state.rip);
         self.linearize(Segment::Cs, ip, instr.len(), Intent::Execute)?;
         Ok(())

@@ -203,6 +203,48 @@ impl Family {
 
 /// Whether the instruction accesses memory, so that a memory exit can have come from it: an
 /// explicit memory operand, a string operand, or the stack.
+/// What the emulator learns of an instruction before touching the machine: the decoded
+/// instruction, its family, whether it has a memory operand and the registers its operands
+/// name. It depends on the instruction alone, so a [`DecodeCache`](crate::DecodeCache) keeps it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plan {
+    pub instr: Instruction,
+    /// `None`: an instruction hvemu does not emulate.
+    pub family: Option<Family>,
+    pub touches_memory: bool,
+    /// See [`operand_registers`].
+    pub operands: RegSet,
+}
+
+impl Plan {
+    /// A plan to decode into (an invalid instruction, not yet classified).
+    pub(crate) fn empty() -> Plan {
+        Plan {
+            instr: Instruction::default(),
+            family: None,
+            touches_memory: false,
+            operands: RegSet::EMPTY,
+        }
+    }
+
+    /// The plan of `instr`.
+    #[cfg(test)]
+    pub(crate) fn of(instr: Instruction) -> Plan {
+        let mut plan = Plan::empty();
+        plan.instr = instr;
+        plan.classify();
+        plan
+    }
+
+    /// Classifies the instruction in place.
+    pub(crate) fn classify(&mut self) {
+        let instr = &self.instr;
+        self.family = Family::of(instr);
+        self.touches_memory = touches_memory(instr);
+        self.operands = operand_registers(instr);
+    }
+}
+
 pub(crate) fn touches_memory(instr: &Instruction) -> bool {
     (0..instr.op_count()).any(|i| {
         matches!(
@@ -225,9 +267,10 @@ pub(crate) fn touches_memory(instr: &Instruction) -> bool {
 pub(crate) fn registers_needed<C: EmulatorCallbacks>(
     cpu: &Cpu<'_, C>,
     family: Family,
-    instr: &Instruction,
+    plan: &Plan,
 ) -> (RegSet, WideNames) {
-    let mut set = operand_registers(instr);
+    let instr = &plan.instr;
+    let mut set = plan.operands;
     let mut wide = WideNames::EMPTY;
     match family {
         Family::Move => set = mov::registers(set, instr),

@@ -1,4 +1,4 @@
-//! Decoded instructions remembered across exits.
+//! Instructions decoded, and classified, on earlier exits.
 //!
 //! Decoding is the largest single cost of a simple exit, and most of it is building an
 //! iced-x86 decoder, which cannot be pointed at new bytes safely. A guest takes its MMIO and
@@ -6,27 +6,38 @@
 //! keeps a [`DecodeCache`] per virtual processor skips decoding on every exit but the first at
 //! each of them.
 
-use iced_x86::Instruction;
+use crate::execute::Plan;
 
 /// Entries held; direct-mapped by RIP.
 const ENTRIES: usize = 8;
 
-/// One remembered decode. What iced-x86 decodes depends on the bytes it consumed, the
-/// bitness, the instruction's address (RIP-relative operands and branch targets are stored
-/// absolute) and the decoder options: all four are the key.
-#[derive(Clone, Copy, Debug, Default)]
+/// What a decode depends on: the bytes the exit carried, the instruction's address
+/// (RIP-relative operands and branch targets come out absolute), the bitness and the decoder
+/// options.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Key {
+    /// The exit's 16 byte places, little-endian; only the first `count` are the exit's.
+    pub bytes: u128,
+    pub count: usize,
+    pub rip: u64,
+    pub bits: u32,
+    pub options: u32,
+}
+
+/// One remembered instruction.
+#[derive(Clone, Copy, Debug)]
 struct Entry {
-    /// The instruction's bytes, little-endian, zero beyond `len`.
+    /// The instruction's own bytes, zero beyond its length.
     bytes: u128,
     rip: u64,
     options: u32,
-    /// Instruction length, 1..=15; 0 marks an empty entry.
+    /// The instruction's length, 1..=15.
     len: u8,
     bits: u8,
-    instr: Instruction,
+    plan: Plan,
 }
 
-/// The bytes of the first `len` (at most 15) of `bytes`.
+/// The first `len` (at most 15) bytes of `bytes`.
 fn prefix(bytes: u128, len: usize) -> u128 {
     // `len` is below 16, so the shift is below 128.
     let shift = u32::try_from(len.min(15)).unwrap_or(15).wrapping_mul(8);
@@ -40,8 +51,10 @@ fn prefix(bytes: u128, len: usize) -> u128 {
 /// [`EmulatorCallbacks::decode_cache`](crate::EmulatorCallbacks::decode_cache). The key holds
 /// everything the decoder's result depends on, including the bytes themselves, so a hit is
 /// exactly what decoding would give: code rewritten in place, another address space or a
-/// mode switch is a miss, never a stale instruction. Only instructions whose bytes all came
-/// with the exit are remembered. It is about 700 bytes, holds no pointers and never allocates.
+/// mode switch is a miss, never a stale instruction. Each entry also keeps what hvemu derives
+/// from the instruction alone (its family, its operands' registers). Only instructions whose
+/// bytes all came with the exit are remembered. It is under a kilobyte, holds no pointers and
+/// never allocates.
 ///
 /// ```
 /// use hvemu::DecodeCache;
@@ -52,7 +65,7 @@ fn prefix(bytes: u128, len: usize) -> u128 {
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct DecodeCache {
-    entries: [Entry; ENTRIES],
+    entries: [Option<Entry>; ENTRIES],
 }
 
 impl DecodeCache {
@@ -69,7 +82,7 @@ impl DecodeCache {
 
     /// How many instructions are remembered.
     pub fn len(&self) -> usize {
-        self.entries.iter().filter(|e| e.len != 0).count()
+        self.entries.iter().filter(|e| e.is_some()).count()
     }
 
     /// Whether nothing is remembered.
@@ -82,49 +95,33 @@ impl DecodeCache {
         (rip ^ (rip >> 4) ^ (rip >> 12)) as usize % ENTRIES
     }
 
-    /// The instruction decoded earlier from a prefix of the `count` valid bytes of `bytes`
-    /// at `rip`, in `bits`-bit code with `options`.
-    pub(crate) fn lookup(
-        &self,
-        bytes: u128,
-        count: usize,
-        rip: u64,
-        bits: u32,
-        options: u32,
-    ) -> Option<&Instruction> {
-        let e = self.entries.get(Self::slot(rip))?;
+    /// The plan of the instruction decoded earlier from a prefix of `key`'s bytes.
+    pub(crate) fn lookup(&self, key: &Key) -> Option<&Plan> {
+        let e = self.entries.get(Self::slot(key.rip))?.as_ref()?;
         let len = usize::from(e.len);
-        let hit = e.rip == rip
-            && len != 0
-            && len <= count
-            && u32::from(e.bits) == bits
-            && e.options == options
-            && prefix(bytes, len) == e.bytes;
-        hit.then_some(&e.instr)
+        let hit = e.rip == key.rip
+            && len <= key.count
+            && u32::from(e.bits) == key.bits
+            && e.options == key.options
+            && prefix(key.bytes, len) == e.bytes;
+        hit.then_some(&e.plan)
     }
 
-    /// Remembers `instr`, decoded from the start of `bytes` at `rip`.
-    pub(crate) fn insert(
-        &mut self,
-        bytes: u128,
-        rip: u64,
-        bits: u32,
-        options: u32,
-        instr: &Instruction,
-    ) {
-        let len = instr.len();
-        if !(1..=15).contains(&len) {
+    /// Remembers `plan`, whose instruction was decoded from the start of `key`'s bytes.
+    pub(crate) fn insert(&mut self, key: &Key, plan: &Plan) {
+        let len = plan.instr.len();
+        if !(1..=15).contains(&len) || len > key.count {
             return;
         }
-        if let Some(e) = self.entries.get_mut(Self::slot(rip)) {
-            *e = Entry {
-                bytes: prefix(bytes, len),
-                rip,
-                options,
+        if let Some(e) = self.entries.get_mut(Self::slot(key.rip)) {
+            *e = Some(Entry {
+                bytes: prefix(key.bytes, len),
+                rip: key.rip,
+                options: key.options,
                 len: len as u8,
-                bits: bits as u8,
-                instr: *instr,
-            };
+                bits: key.bits as u8,
+                plan: *plan,
+            });
         }
     }
 }
@@ -141,15 +138,21 @@ mod tests {
     extern crate std;
 
     use super::*;
-    use iced_x86::{Decoder, DecoderOptions};
+    use iced_x86::{Decoder, DecoderOptions, Instruction};
     use std::format;
 
     fn decode(bits: u32, bytes: &[u8], rip: u64, options: u32) -> Instruction {
         Decoder::with_ip(bits, bytes, rip, options).decode()
     }
 
-    fn word(bytes: &[u8; 16]) -> u128 {
-        u128::from_le_bytes(*bytes)
+    fn key(bytes: &[u8; 16], count: usize, rip: u64, bits: u32, options: u32) -> Key {
+        Key {
+            bytes: u128::from_le_bytes(*bytes),
+            count,
+            rip,
+            bits,
+            options,
+        }
     }
 
     #[test]
@@ -160,32 +163,29 @@ mod tests {
         let instr = decode(64, &raw, rip, opts);
         assert_eq!(instr.len(), 3);
         let mut cache = DecodeCache::new();
-        cache.insert(word(&raw), rip, 64, opts, &instr);
+        cache.insert(&key(&raw, 16, rip, 64, opts), &Plan::of(instr));
         assert_eq!(cache.len(), 1);
-        assert!(cache.lookup(word(&raw), 3, rip, 64, opts).is_some());
+        assert!(cache.lookup(&key(&raw, 3, rip, 64, opts)).is_some());
         // Bytes beyond the instruction do not matter.
         let mut other_tail = raw;
         other_tail[3..].fill(0x11);
-        assert!(cache.lookup(word(&other_tail), 16, rip, 64, opts).is_some());
+        assert!(cache.lookup(&key(&other_tail, 16, rip, 64, opts)).is_some());
         // Each part of the key does.
         let mut other = raw;
         other[2] = 0x20;
-        assert!(cache.lookup(word(&other), 16, rip, 64, opts).is_none());
-        assert!(cache.lookup(word(&raw), 2, rip, 64, opts).is_none());
-        assert!(cache.lookup(word(&raw), 16, rip + 1, 64, opts).is_none());
-        assert!(cache.lookup(word(&raw), 16, rip, 32, opts).is_none());
-        assert!(
-            cache
-                .lookup(word(&raw), 16, rip, 64, DecoderOptions::AMD)
-                .is_none()
-        );
+        assert!(cache.lookup(&key(&other, 16, rip, 64, opts)).is_none());
+        assert!(cache.lookup(&key(&raw, 2, rip, 64, opts)).is_none());
+        assert!(cache.lookup(&key(&raw, 16, rip + 1, 64, opts)).is_none());
+        assert!(cache.lookup(&key(&raw, 16, rip, 32, opts)).is_none());
+        let amd = DecoderOptions::AMD;
+        assert!(cache.lookup(&key(&raw, 16, rip, 64, amd)).is_none());
         cache.clear();
         assert!(cache.is_empty());
-        assert!(cache.lookup(word(&raw), 16, rip, 64, opts).is_none());
+        assert!(cache.lookup(&key(&raw, 16, rip, 64, opts)).is_none());
     }
 
-    /// Over pseudo-random bytes, addresses and bitnesses, what the cache returns is what a
-    /// fresh decode of the same bytes with other trailing bytes gives, field for field.
+    /// Over pseudo-random bytes, addresses and bitnesses, the plan the cache returns is the
+    /// plan of a fresh decode of the same bytes with other trailing bytes, field for field.
     #[test]
     fn hits_equal_fresh_decodes() {
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
@@ -209,15 +209,15 @@ mod tests {
             if instr.is_invalid() {
                 continue;
             }
-            cache.insert(word(&raw), rip, bits, opts, &instr);
+            cache.insert(&key(&raw, 15, rip, bits, opts), &Plan::of(instr));
             let mut tail = raw;
             for b in tail[instr.len()..].iter_mut() {
                 *b = next() as u8;
             }
             let cached = *cache
-                .lookup(word(&tail), 15, rip, bits, opts)
+                .lookup(&key(&tail, 15, rip, bits, opts))
                 .expect("just inserted");
-            let fresh = decode(bits, &tail[..15], rip, opts);
+            let fresh = Plan::of(decode(bits, &tail[..15], rip, opts));
             assert_eq!(format!("{cached:?}"), format!("{fresh:?}"), "{raw:02x?}");
             hits += 1;
         }
