@@ -172,6 +172,9 @@ impl Span {
 impl<C: EmulatorCallbacks> Cpu<'_, C> {
     /// Translates every page of `len` bytes at `linear` for `intent`, so that the access can
     /// no longer fault. `len` is 1..=64.
+    // Inlined so that the span stays in registers: returned through memory, it was read back
+    // in wide loads over narrow stores (a store-forwarding stall on every access).
+    #[inline(always)]
     pub(crate) fn translate(
         &mut self,
         linear: u64,

@@ -138,14 +138,15 @@ impl<C: EmulatorCallbacks> Emulator<C> {
         vp: &VpExitContext,
         io: &IoPortAccessContext,
     ) -> Result<Completion, EmulationError<C::Error>> {
-        // The result passes through untouched unless it is an exception to inject: matched in
-        // place rather than handed to `deliver` by value, which cost a store-forwarding stall.
-        match self.run_io(vp, io) {
-            Err(EmulationError::Exception(e)) if self.config.inject_exceptions => {
-                self.deliver(vp, e)
+        // Returned as it is unless it is an exception to inject, so that it is built in place:
+        // copied, it was read back in wide loads over narrow stores (a store-forwarding stall).
+        let result = self.run_io(vp, io);
+        if let Err(EmulationError::Exception(e)) = result {
+            if self.config.inject_exceptions {
+                return self.deliver(vp, e);
             }
-            other => other,
         }
+        result
     }
 
     fn run_io(
@@ -197,14 +198,15 @@ impl<C: EmulatorCallbacks> Emulator<C> {
         vp: &VpExitContext,
         mmio: &MemoryAccessContext,
     ) -> Result<Completion, EmulationError<C::Error>> {
-        // The result passes through untouched unless it is an exception to inject: matched in
-        // place rather than handed to `deliver` by value, which cost a store-forwarding stall.
-        match self.run_mmio(vp, mmio) {
-            Err(EmulationError::Exception(e)) if self.config.inject_exceptions => {
-                self.deliver(vp, e)
+        // Returned as it is unless it is an exception to inject, so that it is built in place:
+        // copied, it was read back in wide loads over narrow stores (a store-forwarding stall).
+        let result = self.run_mmio(vp, mmio);
+        if let Err(EmulationError::Exception(e)) = result {
+            if self.config.inject_exceptions {
+                return self.deliver(vp, e);
             }
-            other => other,
         }
+        result
     }
 
     fn run_mmio(
@@ -360,19 +362,32 @@ fn finish<C: EmulatorCallbacks>(
 
 /// Checks what every exit shares; returns the instruction bytes it carries.
 fn validate<E>(vp: &VpExitContext, byte_count: u8) -> Result<usize, EmulationError<E>> {
-    if vp.instruction_length == 0 || vp.instruction_length > 15 {
-        return Err(InvalidArgument::InstructionLength(vp.instruction_length).into());
-    }
-    if vp.execution_state.cpl > 3 {
-        return Err(InvalidArgument::Cpl(vp.execution_state.cpl).into());
-    }
-    if byte_count > 16 {
-        return Err(InvalidArgument::InstructionByteCount(byte_count).into());
-    }
-    if vp.execution_state.interruption_pending {
-        return Err(EmulationError::InterruptPending);
+    let state = &vp.execution_state;
+    if vp.instruction_length == 0
+        || vp.instruction_length > 15
+        || state.cpl > 3
+        || byte_count > 16
+        || state.interruption_pending
+    {
+        return Err(invalid_exit(vp, byte_count));
     }
     Ok(usize::from(byte_count))
+}
+
+/// What is wrong with an exit [`validate`] refused, in the order it checks. Out of line: built
+/// in the common path, the error's bytes were read back in wide loads over narrow stores.
+#[cold]
+#[inline(never)]
+fn invalid_exit<E>(vp: &VpExitContext, byte_count: u8) -> EmulationError<E> {
+    if vp.instruction_length == 0 || vp.instruction_length > 15 {
+        InvalidArgument::InstructionLength(vp.instruction_length).into()
+    } else if vp.execution_state.cpl > 3 {
+        InvalidArgument::Cpl(vp.execution_state.cpl).into()
+    } else if byte_count > 16 {
+        InvalidArgument::InstructionByteCount(byte_count).into()
+    } else {
+        EmulationError::InterruptPending
+    }
 }
 
 fn status<E>(

@@ -373,7 +373,10 @@ impl State {
         }
     }
 
-    fn store(&mut self, slot: Slot, value: RegisterValue) -> Result<(), RegisterName> {
+    /// Takes `value` by reference: the monitor has just written it in narrow stores, and
+    /// copying the whole 80-byte value reads it back in wide loads (a store-forwarding stall);
+    /// only the variant's own bytes are read here.
+    fn store(&mut self, slot: Slot, value: &RegisterValue) -> Result<(), RegisterName> {
         let bad = slot.name();
         match slot {
             Slot::Gpr(n) => {
@@ -472,7 +475,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
                 let slot = Slot::from_index(bits.trailing_zeros());
                 bits &= bits.wrapping_sub(1);
                 self.state
-                    .store(slot, *value)
+                    .store(slot, value)
                     .map_err(EmulationError::BadRegisterValue)?;
             }
             for (name, value) in names.iter().zip(values.iter()).skip(slot_count) {
@@ -509,7 +512,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
             let slot = Slot::from_index(bits.trailing_zeros());
             bits &= bits.wrapping_sub(1);
             self.state
-                .store(slot, *value)
+                .store(slot, value)
                 .map_err(EmulationError::BadRegisterValue)?;
         }
         self.state.loaded.slots |= missing;
