@@ -149,6 +149,8 @@ impl<C: EmulatorCallbacks> Emulator<C> {
         result
     }
 
+    // Inlined so that its result is built where the caller returns it (see `emulate_io`).
+    #[inline(always)]
     fn run_io(
         &mut self,
         vp: &VpExitContext,
@@ -209,6 +211,8 @@ impl<C: EmulatorCallbacks> Emulator<C> {
         result
     }
 
+    // Inlined so that its result is built where the caller returns it (see `emulate_mmio`).
+    #[inline(always)]
     fn run_mmio(
         &mut self,
         vp: &VpExitContext,

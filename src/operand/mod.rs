@@ -96,6 +96,8 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
 
     /// Segmentation checks and translation of `len` bytes at `mem`: afterwards the access can
     /// no longer fault.
+    // Inlined for the reason `translate` is: the span stays in registers.
+    #[inline(always)]
     pub(crate) fn resolve(&mut self, mem: MemRef, len: usize, intent: Intent) -> Res<Span, C> {
         let linear = self.linearize(mem.seg, mem.offset, len, intent)?;
         self.translate(linear, len, intent, Privilege::Current)
