@@ -242,9 +242,17 @@ pub(crate) fn segment_of(reg: Register) -> Option<Segment> {
     })
 }
 
-/// One emulation's view of the processor.
+/// One emulation's view of the processor. In declaration order (`repr(C)`), the register
+/// arrays first: after a field with padding, zeroing them was done on the side and copied in
+/// by a memcpy whose wide loads stalled on the narrow stores just made.
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub(crate) struct State {
+    gpr: [u64; 16],
+    seg: [SegmentRegister; 6],
+    tr: SegmentRegister,
+    cr4: u64,
+    efer: u64,
     /// Addressing mode.
     pub mode: Mode,
     /// Default operand/address size of the code segment: 16, 32 or 64.
@@ -260,11 +268,6 @@ pub(crate) struct State {
     rflags_at_exit: u64,
     /// Where a control transfer (CALL, JMP, RET) goes, instead of the next instruction.
     branch: Option<u64>,
-    gpr: [u64; 16],
-    seg: [SegmentRegister; 6],
-    tr: SegmentRegister,
-    cr4: u64,
-    efer: u64,
     loaded: RegSet,
     dirty: RegSet,
     /// Registers held by name (vector, opmask, x87/MMX, XCR0), read or written.
@@ -274,6 +277,7 @@ pub(crate) struct State {
 impl State {
     /// Derives the mode from the exit context alone, so that no register read is needed to
     /// decode.
+    #[inline(always)]
     pub(crate) fn new(vp: &VpExitContext) -> State {
         let exec = vp.execution_state;
         let long_code = vp.cs.attributes.contains(SegmentAttributes::LONG);
@@ -292,10 +296,11 @@ impl State {
             Mode::Virtual8086 => 3,
             _ => exec.cpl & 3,
         };
-        let mut seg = [SegmentRegister::default(); 6];
-        if let Some(cs) = seg.get_mut(Segment::Cs as usize) {
-            *cs = vp.cs;
-        }
+        // Built in place (CS is index 1): a local array patched and then moved was copied by
+        // a memcpy whose wide loads stalled on the narrow stores that had just filled it.
+        const _: () = assert!(Segment::Cs as usize == 1);
+        let none = SegmentRegister::default();
+        let seg = [none, vp.cs, none, none, none, none];
         State {
             mode,
             code_bits,
@@ -419,6 +424,7 @@ pub(crate) struct Cpu<'a, C: EmulatorCallbacks> {
 }
 
 impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
+    #[inline(always)]
     pub(crate) fn new(cb: &'a mut C, config: &'a crate::Config, vp: &VpExitContext) -> Self {
         Cpu {
             cb,
