@@ -38,6 +38,7 @@ struct Entry {
 }
 
 /// The first `len` (at most 15) bytes of `bytes`.
+#[inline]
 fn prefix(bytes: u128, len: usize) -> u128 {
     // `len` is below 16, so the shift is below 128.
     let shift = u32::try_from(len.min(15)).unwrap_or(15).wrapping_mul(8);
@@ -90,12 +91,14 @@ impl DecodeCache {
         self.len() == 0
     }
 
+    #[inline]
     fn slot(rip: u64) -> usize {
         // Accessors tend to sit a few bytes apart: fold the low bits in.
         (rip ^ (rip >> 4) ^ (rip >> 12)) as usize % ENTRIES
     }
 
     /// The plan of the instruction decoded earlier from a prefix of `key`'s bytes.
+    #[inline]
     pub(crate) fn lookup(&self, key: &Key) -> Option<&Plan> {
         let e = self.entries.get(Self::slot(key.rip))?.as_ref()?;
         let len = usize::from(e.len);
