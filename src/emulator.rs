@@ -335,8 +335,8 @@ fn finish<C: EmulatorCallbacks>(
     plan: &Plan,
 ) -> Result<Completion, EmulationError<C::Error>> {
     let instr = &plan.instr;
-    let (needed, wide) = execute::registers_needed(cpu, family, plan);
-    cpu.fetch_with(needed, wide.names())?;
+    let needed = execute::registers_needed(cpu, family, plan);
+    cpu.fetch_with(needed, plan.wide.names())?;
     let progress = execute::run(cpu, family, instr)?;
     let completed = progress == Progress::Complete;
     let rip = if completed {

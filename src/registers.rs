@@ -315,6 +315,21 @@ impl RegisterValue {
             _ => None,
         }
     }
+
+    /// A copy made variant by variant. A value a monitor has just written (a tag and a
+    /// 16-byte payload, say) copied whole reads its 80 bytes back in wide loads that wait for
+    /// the narrow stores to retire; this reads only the bytes the variant has.
+    #[inline]
+    pub(crate) const fn copied(&self) -> RegisterValue {
+        match self {
+            Self::U64(v) => Self::U64(*v),
+            Self::U128(v) => Self::U128(*v),
+            Self::U256(v) => Self::U256(*v),
+            Self::U512(v) => Self::U512(*v),
+            Self::Segment(v) => Self::Segment(*v),
+            Self::Table(v) => Self::Table(*v),
+        }
+    }
 }
 
 impl Default for RegisterValue {

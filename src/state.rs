@@ -103,8 +103,9 @@ struct Wide {
 struct WideRegs(Option<heapless::Vec<Wide, WIDE_HELD>>);
 
 impl WideRegs {
-    fn is_empty(&self) -> bool {
-        self.0.as_ref().is_none_or(|v| v.is_empty())
+    /// Whether any register held is to be written back.
+    fn any_dirty(&self) -> bool {
+        self.iter().any(|w| w.dirty)
     }
 
     fn iter(&self) -> core::slice::Iter<'_, Wide> {
@@ -359,9 +360,10 @@ impl State {
     fn hold_wide<E>(
         &mut self,
         name: RegisterName,
-        value: RegisterValue,
+        value: &RegisterValue,
         dirty: bool,
     ) -> Result<(), EmulationError<E>> {
+        let value = value.copied();
         match self.wide_index(name).and_then(|i| self.wide.get_mut(i)) {
             Some(w) => {
                 w.value = value;
@@ -485,7 +487,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
                     .map_err(EmulationError::BadRegisterValue)?;
             }
             for (name, value) in names.iter().zip(values.iter()).skip(slot_count) {
-                self.state.hold_wide(*name, *value, false)?;
+                self.state.hold_wide(*name, value, false)?;
             }
             self.state.loaded.slots |= missing;
             Ok(())
@@ -528,14 +530,15 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
     /// A register held by name (a vector view, an opmask, an x87/MMX register, XCR0 …), as
     /// the instruction has left it so far. Asked for in the batch through
     /// [`RegSet::with_wide`]; otherwise read by itself here.
-    pub(crate) fn wide(&mut self, name: RegisterName) -> Res<RegisterValue, C> {
+    /// Lent, not copied: an 80-byte value returned by value goes through memory in pieces.
+    pub(crate) fn wide(&mut self, name: RegisterName) -> Res<&RegisterValue, C> {
         if self.state.wide_index(name).is_none() {
             self.fetch_with(RegSet::EMPTY, &[name])?;
         }
         self.state
             .wide_index(name)
             .and_then(|i| self.state.wide.get(i))
-            .map(|w| w.value)
+            .map(|w| &w.value)
             .ok_or(EmulationError::BadRegisterValue(name))
     }
 
@@ -547,7 +550,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
 
     /// Writes a register held by name; the commit passes it to `set_registers`.
     pub(crate) fn set_wide(&mut self, name: RegisterName, value: RegisterValue) -> Res<(), C> {
-        self.state.hold_wide(name, value, true)
+        self.state.hold_wide(name, &value, true)
     }
 
     fn ensure(&mut self, slot: Slot) -> Res<(), C> {
@@ -678,7 +681,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
         let rflags = (rflags != self.state.rflags_at_exit).then_some(rflags);
         let gprs = self.state.dirty.slots & 0xFFFF;
         if event.is_none()
-            && self.state.wide.is_empty()
+            && !self.state.wide.any_dirty()
             && (gprs.count_ones() as usize) < SMALL_BATCH.saturating_sub(1)
         {
             return self.commit_few(gprs, new_rip, rflags);
@@ -715,7 +718,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
                 put(RegisterName::RFLAGS, RegisterValue::U64(r));
             }
             for w in wide {
-                put(w.name, w.value);
+                put(w.name, w.value.copied());
             }
             if let Some(e) = event {
                 put(RegisterName::PENDING_EVENT, RegisterValue::U128(e));
@@ -727,9 +730,9 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
 }
 
 impl<C: EmulatorCallbacks> Cpu<'_, C> {
-    /// [`Cpu::commit`] of at most [`SMALL_BATCH`] - 2 GPRs, RIP and RFLAGS, nothing held by
-    /// name and no event: the common exit, in fixed arrays on the stack, every entry
-    /// starting as RIP.
+    /// [`Cpu::commit`] of at most [`SMALL_BATCH`] - 2 GPRs, RIP and RFLAGS, no register held
+    /// by name to write back and no event: the common exit, in fixed arrays on the stack,
+    /// every entry starting as RIP.
     fn commit_few(&mut self, gprs: u32, rip: u64, rflags: Option<u64>) -> Res<(), C> {
         let mut names = [RegisterName::RIP; SMALL_BATCH];
         let mut values = [RegisterValue::U64(rip); SMALL_BATCH];

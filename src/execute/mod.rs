@@ -201,19 +201,20 @@ impl Family {
     }
 }
 
-/// Whether the instruction accesses memory, so that a memory exit can have come from it: an
-/// explicit memory operand, a string operand, or the stack.
 /// What the emulator learns of an instruction before touching the machine: the decoded
-/// instruction, its family, whether it has a memory operand and the registers its operands
-/// name. It depends on the instruction alone, so a [`DecodeCache`](crate::DecodeCache) keeps it.
+/// instruction, its family, whether it has a memory operand and the registers it reads. It
+/// depends on the instruction alone, so a [`DecodeCache`](crate::DecodeCache) keeps it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Plan {
     pub instr: Instruction,
     /// `None`: an instruction hvemu does not emulate.
     pub family: Option<Family>,
     pub touches_memory: bool,
-    /// See [`operand_registers`].
-    pub operands: RegSet,
+    /// The registers its operands name and its family reads whatever the machine's state;
+    /// [`registers_needed`] adds and removes those that depend on it.
+    pub reads: RegSet,
+    /// The registers held by name it reads.
+    pub wide: WideNames,
 }
 
 impl Plan {
@@ -223,7 +224,8 @@ impl Plan {
             instr: Instruction::default(),
             family: None,
             touches_memory: false,
-            operands: RegSet::EMPTY,
+            reads: RegSet::EMPTY,
+            wide: WideNames::EMPTY,
         }
     }
 
@@ -241,10 +243,15 @@ impl Plan {
         let instr = &self.instr;
         self.family = Family::of(instr);
         self.touches_memory = touches_memory(instr);
-        self.operands = operand_registers(instr);
+        (self.reads, self.wide) = match self.family {
+            Some(family) => instruction_registers(family, instr),
+            None => (RegSet::EMPTY, WideNames::EMPTY),
+        };
     }
 }
 
+/// Whether the instruction accesses memory, so that a memory exit can have come from it: an
+/// explicit memory operand, a string operand, or the stack.
 pub(crate) fn touches_memory(instr: &Instruction) -> bool {
     (0..instr.op_count()).any(|i| {
         matches!(
@@ -263,41 +270,48 @@ pub(crate) fn touches_memory(instr: &Instruction) -> bool {
     }) || instr.is_stack_instruction()
 }
 
-/// Every register the instruction will read, so that one `get_registers` call gathers them.
-pub(crate) fn registers_needed<C: EmulatorCallbacks>(
-    cpu: &Cpu<'_, C>,
-    family: Family,
-    plan: &Plan,
-) -> (RegSet, WideNames) {
-    let instr = &plan.instr;
-    let mut set = plan.operands;
-    let mut wide = WideNames::EMPTY;
-    match family {
-        Family::Move => set = mov::registers(set, instr),
-        Family::String(op) => set = op.registers(set, instr),
-        Family::Port(op) => {
-            set = op.registers(set, instr, cpu.port_hint.is_some());
-            if cpu.port_permission_checked() {
-                set = set.with(Slot::Tr);
-            }
-        }
+/// The registers an instruction of `family` reads whatever the machine's state.
+fn instruction_registers(family: Family, instr: &Instruction) -> (RegSet, WideNames) {
+    let set = operand_registers(instr);
+    let set = match family {
+        Family::Move => mov::registers(set, instr),
+        Family::String(op) => op.registers(set, instr),
+        // What a port instruction reads depends on the exit (see `registers_needed`).
+        Family::Port(_) => set,
         // Its explicit operands are all it reads (RFLAGS comes with the exit).
-        Family::Alu(_) => {}
-        Family::Exchange(kind) => set = kind.registers(set),
-        Family::Stack(op) => set = op.registers(set),
+        Family::Alu(_) => set,
+        Family::Exchange(kind) => kind.registers(set),
+        Family::Stack(op) => op.registers(set),
         // The accumulator pair of the one-operand multiplies and divides.
         Family::MulDiv(kind) if kind.uses_accumulator() => {
-            set = set.with(Slot::Gpr(gpr::RAX)).with(Slot::Gpr(gpr::RDX));
+            set.with(Slot::Gpr(gpr::RAX)).with(Slot::Gpr(gpr::RDX))
         }
         // MOVDIR64B writes through ES.
-        Family::MovX(movx::MovXKind::Movdir64b) => set = set.with(Slot::Seg(Segment::Es)),
+        Family::MovX(movx::MovXKind::Movdir64b) => set.with(Slot::Seg(Segment::Es)),
         // Explicit operands only (CL is one when it is the count).
         Family::Bits(_)
         | Family::Shift(_)
         | Family::MulDiv(_)
         | Family::Cond(_)
-        | Family::MovX(_) => {}
-        Family::Vector(op) => wide = vector::registers(instr, op),
+        | Family::MovX(_) => set,
+        Family::Vector(op) => return (set, vector::registers(instr, op)),
+    };
+    (set, WideNames::EMPTY)
+}
+
+/// Every register the instruction will read, so that one `get_registers` call gathers them:
+/// the plan's, adjusted to the exit and the processor's mode.
+pub(crate) fn registers_needed<C: EmulatorCallbacks>(
+    cpu: &Cpu<'_, C>,
+    family: Family,
+    plan: &Plan,
+) -> RegSet {
+    let mut set = plan.reads;
+    if let Family::Port(op) = family {
+        set = op.registers(set, &plan.instr, cpu.port_hint.is_some());
+        if cpu.port_permission_checked() {
+            set = set.with(Slot::Tr);
+        }
     }
     if cpu.state.mode == Mode::Long {
         // Only FS and GS have bases in 64-bit mode; the others need not be read.
@@ -305,7 +319,7 @@ pub(crate) fn registers_needed<C: EmulatorCallbacks>(
             set = set.without(Slot::Seg(s));
         }
     }
-    (set, wide)
+    set
 }
 
 /// Runs the instruction.

@@ -479,28 +479,30 @@ fn mask_register(instr: &Instruction, op: VecMove) -> Option<RegisterName> {
     }
 }
 
-/// The bytes of a vector view's value, checked against the width asked for.
+/// Puts the bytes of a vector view's value, checked against the width asked for, at the
+/// start of `out` (already zero). Written in place: a 64-byte array returned inside a
+/// `Result` is read back unaligned across the stores that built it.
 fn view_bytes<E>(
     name: RegisterName,
     width: usize,
-    value: RegisterValue,
-) -> Result<[u8; 64], EmulationError<E>> {
-    let mut out = [0u8; 64];
+    value: &RegisterValue,
+    out: &mut [u8; 64],
+) -> Result<(), EmulationError<E>> {
     match (width, value) {
         (16, RegisterValue::U128(v)) => out[..16].copy_from_slice(&v.to_le_bytes()),
-        (32, RegisterValue::U256(b)) => out[..32].copy_from_slice(&b),
-        (64, RegisterValue::U512(b)) => out = b,
+        (32, RegisterValue::U256(b)) => out[..32].copy_from_slice(b),
+        (64, RegisterValue::U512(b)) => *out = *b,
         _ => return Err(EmulationError::BadRegisterValue(name)),
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A 64-bit or 128-bit register's value, checked.
-fn u64_of<E>(name: RegisterName, value: RegisterValue) -> Result<u64, EmulationError<E>> {
+fn u64_of<E>(name: RegisterName, value: &RegisterValue) -> Result<u64, EmulationError<E>> {
     value.as_u64().ok_or(EmulationError::BadRegisterValue(name))
 }
 
-fn u128_of<E>(name: RegisterName, value: RegisterValue) -> Result<u128, EmulationError<E>> {
+fn u128_of<E>(name: RegisterName, value: &RegisterValue) -> Result<u128, EmulationError<E>> {
     value
         .as_u128()
         .ok_or(EmulationError::BadRegisterValue(name))
@@ -542,29 +544,51 @@ impl Run {
 const MAX_RUNS: usize = 32;
 
 /// The runs of consecutive selected elements of `element`-byte elements over `size` bytes
-/// under `mask` (bit i selects element i).
-fn runs(size: usize, element: usize, mask: u64) -> heapless::Vec<Run, MAX_RUNS> {
-    let mut out: heapless::Vec<Run, MAX_RUNS> = heapless::Vec::new();
-    let count = size.checked_div(element).unwrap_or(0).min(64);
-    // The first element of the run being collected.
-    let mut first = None;
-    // One step past the last element closes the last run.
-    for i in 0..=count {
-        let selected = i < count && mask >> i & 1 != 0;
-        match (first, selected) {
-            (None, true) => first = Some(i),
-            (Some(f), false) => {
-                first = None;
-                // Cannot overflow: f < i ≤ count, and count × element ≤ size.
-                #[allow(clippy::arithmetic_side_effects)]
-                let run = Run::new(f * element, (i - f) * element);
-                // Runs are separated by at least one masked-out element: at most 32 of them.
-                let _ = out.push(run);
-            }
-            _ => {}
-        }
+/// under `mask` (bit i selects element i), found as they are asked for: a list built up
+/// front and returned by value is read back wide across the narrow stores that wrote it.
+#[derive(Clone, Copy, Debug)]
+struct Runs {
+    element: usize,
+    count: usize,
+    mask: u64,
+    /// The first element not looked at yet.
+    next: usize,
+}
+
+fn runs(size: usize, element: usize, mask: u64) -> Runs {
+    Runs {
+        element,
+        count: size.checked_div(element).unwrap_or(0).min(64),
+        mask,
+        next: 0,
     }
-    out
+}
+
+impl Runs {
+    fn selected(&self, i: usize) -> bool {
+        i < self.count && self.mask >> i & 1 != 0
+    }
+}
+
+impl Iterator for Runs {
+    type Item = Run;
+
+    fn next(&mut self) -> Option<Run> {
+        // Each step moves `next` up by one towards `count` (at most 64).
+        while self.next < self.count && !self.selected(self.next) {
+            self.next = self.next.saturating_add(1);
+        }
+        let first = self.next;
+        while self.selected(self.next) {
+            self.next = self.next.saturating_add(1);
+        }
+        (self.next > first).then(|| {
+            let e = self.element;
+            // Cannot overflow: first < next ≤ count, and count × element ≤ size.
+            #[allow(clippy::arithmetic_side_effects)]
+            Run::new(first * e, (self.next - first) * e)
+        })
+    }
 }
 
 /// The checks the processor makes on the register operands before any access.
@@ -622,23 +646,21 @@ fn resolve_run<C: EmulatorCallbacks>(
     cpu.translate(linear, run.len(), intent, Privilege::Current)
 }
 
-/// The elements to access: one run over the whole operand, or the opmask's runs.
+/// The elements to access: one run over the whole operand, or the opmask's runs. Inlined:
+/// the runs returned through memory are read back before their stores retire.
+#[inline(always)]
 fn plan<C: EmulatorCallbacks>(
     cpu: &mut Cpu<'_, C>,
     instr: &Instruction,
     op: VecMove,
-) -> Res<(heapless::Vec<Run, MAX_RUNS>, Option<u64>), C> {
+) -> Res<(Runs, Option<u64>), C> {
     let size = usize::from(op.size);
     match mask_register(instr, op) {
         Some(k) => {
             let mask = u64_of(k, cpu.wide(k)?)?;
             Ok((runs(size, usize::from(op.element), mask), Some(mask)))
         }
-        None => {
-            let mut all = heapless::Vec::new();
-            let _ = all.push(Run::new(0, size));
-            Ok((all, None))
-        }
+        None => Ok((runs(size, size, 1), None)),
     }
 }
 
@@ -691,11 +713,11 @@ pub(super) fn run<C: EmulatorCallbacks>(
         };
         if let Some(w) = read {
             let name = view(n, w).ok_or_else(|| unsupported(instr))?;
-            reg_bytes = view_bytes(name, w, cpu.wide(name)?)?;
+            view_bytes(name, w, cpu.wide(name)?, &mut reg_bytes)?;
         }
         if let Some(r) = src2 {
             let name = view(number(r), 16).ok_or_else(|| unsupported(instr))?;
-            src2_bytes = view_bytes(name, 16, cpu.wide(name)?)?;
+            view_bytes(name, 16, cpu.wide(name)?, &mut src2_bytes)?;
         }
     }
     let (runs, mask) = plan(cpu, instr, op)?;
@@ -709,12 +731,15 @@ pub(super) fn run<C: EmulatorCallbacks>(
         Dir::Store => Intent::Write,
     };
     // #AC applies to a 2-, 4- or 8-byte operand accessed whole.
-    let whole = matches!(size, 2 | 4 | 8) && runs.as_slice() == [Run::new(0, size)];
+    let whole = matches!(size, 2 | 4 | 8) && {
+        let mut all = runs;
+        all.next() == Some(Run::new(0, size)) && all.next().is_none()
+    };
     let mut spans: heapless::Vec<(Span, Run), MAX_RUNS> = heapless::Vec::new();
-    for r in &runs {
-        let span = resolve_run(cpu, mem, *r, whole, intent)?;
+    for r in runs {
+        let span = resolve_run(cpu, mem, r, whole, intent)?;
         // As many spans as runs: the push cannot fail.
-        let _ = spans.push((span, *r));
+        let _ = spans.push((span, r));
     }
     let mut data = [0u8; 64];
     match op.dir {
@@ -864,7 +889,7 @@ mod tests {
         Register,
     };
 
-    use super::{Dir, Enc, File, Rest, Run, form, runs};
+    use super::{Dir, Enc, File, MAX_RUNS, Rest, Run, form, runs};
 
     /// The mnemonics of the moves this family covers.
     const MNEMONICS: [Mnemonic; 49] = [
@@ -1021,13 +1046,17 @@ mod tests {
     #[test]
     fn opmask_runs() {
         let r = Run::new;
-        assert_eq!(runs(64, 4, 0).as_slice(), []);
-        assert_eq!(runs(64, 4, u64::MAX).as_slice(), [r(0, 64)]);
-        assert_eq!(runs(16, 4, 0b1011).as_slice(), [r(0, 8), r(12, 4)]);
+        let list = |size, element, mask| runs(size, element, mask).collect::<Vec<_>>();
+        assert_eq!(list(64, 4, 0), []);
+        assert_eq!(list(64, 4, u64::MAX), [r(0, 64)]);
+        assert_eq!(list(16, 4, 0b1011), [r(0, 8), r(12, 4)]);
+        assert_eq!(list(16, 16, 1), [r(0, 16)]);
+        assert_eq!(list(16, 0, 1), []);
         // Only the first size/element bits count.
-        assert_eq!(runs(16, 8, 0b1110).as_slice(), [r(8, 8)]);
-        let alternate = runs(64, 1, 0x5555_5555_5555_5555);
-        assert_eq!(alternate.len(), 32);
+        assert_eq!(list(16, 8, 0b1110), [r(8, 8)]);
+        let alternate = list(64, 1, 0x5555_5555_5555_5555);
+        assert_eq!(alternate.len(), MAX_RUNS);
         assert_eq!(alternate.last(), Some(&r(62, 1)));
+        assert_eq!(list(64, 1, 0xAAAA_AAAA_AAAA_AAAA).first(), Some(&r(1, 1)));
     }
 }
