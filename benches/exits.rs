@@ -3,7 +3,7 @@
 //! Every case hands hvemu an exit that carries the instruction bytes (and, for memory exits,
 //! the GPA with a valid GVA equal to it: identity paging) to callbacks that do as little as a
 //! monitor can: registers in a [`RegisterFile`], guest RAM in a `Vec`, a port that answers a
-//! constant, `translate_gva_page` the identity. Each case is a criterion group with two
+//! constant, `translate_gva_page` the identity. Each case is a criterion group with these
 //! functions:
 //!
 //! * `decode`: the floor, `iced_x86::Decoder::new` + `decode_out` of the same bytes (the

@@ -4,13 +4,15 @@
     cargo bench --bench exits | tee bench.log
     python3 benches/table.py bench.log
 
-Reads target/criterion/<case>/{decode,hvemu}/new/estimates.json (the medians of the last
-run of each group) and prints one row per case: hvemu median, decode-floor median, their
-ratio, and the same with a decode cache (hvemu-cached) where the case has it. With the bench's printed output as argument (a file, or `-` for stdin), it also fills
-the "callbacks per exit" column from the CALLBACKS lines, lists only the cases that run
-measured (those with a RATIO line, so stale estimates of a case it skipped or filtered out
-are not shown) and the SKIPPED ones, and appends the PER-ELEMENT, CALLBACKS-ONLY,
-BEYOND-CALLBACKS and BANDWIDTH lines. Without a log it lists the suite's cases found on disk
+Prints one row per case: hvemu median, decode-floor median, their ratio, and the same with a
+decode cache (hvemu-cached) where the case has it. With the bench's printed output as argument
+(a file, or `-` for stdin), the medians are those its RATIO and RATIO-CACHED lines give (read
+from criterion's estimates as that run ended each group, so a later run, say of the other
+decoder configuration, does not change the table of this one); it also fills the "callbacks
+per exit" column from the CALLBACKS lines, lists only the cases that run measured and the
+SKIPPED ones, and appends the PER-ELEMENT, CALLBACKS-ONLY, BEYOND-CALLBACKS and BANDWIDTH
+lines. Without a log it reads target/criterion/<case>/{decode,hvemu,hvemu-cached}/new/
+estimates.json (the medians of the last run of each group) for the suite's cases found on disk
 (--all: every group with decode and hvemu results).
 
 The criterion directory is $CRITERION_HOME, else $CARGO_TARGET_DIR/criterion, else
@@ -87,22 +89,29 @@ def compact_callbacks(text):
     return f"{out} ({rest}" if rest else out
 
 
+RATIO_LINE = re.compile(r"RATIO(-CACHED)? ([^:]+): hvemu .*?([0-9.]+) ns / floor ([0-9.]+) ns")
+
+
 def parse_log(lines):
-    callbacks, skipped, measured, extra = {}, {}, set(), []
+    """Callbacks, skipped cases, medians {(case, function): ns} and the extra lines."""
+    callbacks, skipped, medians, extra = {}, {}, {}, []
     for raw in lines:
         line = ANSI.sub("", raw).strip()
+        ratio = RATIO_LINE.match(line)
         if line.startswith("CALLBACKS "):
             case, _, text = line[len("CALLBACKS ") :].partition(": ")
             callbacks[case] = compact_callbacks(text)
-        elif line.startswith("RATIO "):
-            measured.add(line[len("RATIO ") :].partition(":")[0])
+        elif ratio:
+            cached, case, hvemu, floor = ratio.groups()
+            medians[(case, "hvemu-cached" if cached else "hvemu")] = float(hvemu)
+            medians[(case, "decode")] = float(floor)
         elif line.startswith("SKIPPED"):
             m = re.match(r"SKIPPED \(([^)]*)\) ([^:]+)", line)
             if m:
                 skipped[m.group(2)] = f"skipped ({m.group(1)})"
         elif line.startswith(EXTRA_LINES):
             extra.append(line)
-    return callbacks, skipped, measured, extra
+    return callbacks, skipped, medians, extra
 
 
 def main():
@@ -115,11 +124,16 @@ def main():
     args = ap.parse_args()
     root = criterion_dir(args.criterion_dir)
 
-    callbacks, skipped, measured, extra = {}, {}, set(), []
+    callbacks, skipped, medians, extra = {}, {}, {}, []
     if args.log:
         stream = sys.stdin if args.log == "-" else open(args.log, encoding="utf-8")
         with stream:
-            callbacks, skipped, measured, extra = parse_log(stream)
+            callbacks, skipped, medians, extra = parse_log(stream)
+
+    def median(case, function):
+        if args.log:
+            return medians.get((case, function))
+        return median_ns(root, case, function)
 
     on_disk = {
         p.parents[2].name
@@ -127,13 +141,13 @@ def main():
         if (p.parents[2] / "decode" / "new" / "estimates.json").exists()
     }
     if args.log:
-        cases = measured | set(skipped)
+        cases = {case for case, function in medians if function == "hvemu"} | set(skipped)
     elif args.all:
         cases = on_disk
     else:
         cases = on_disk & set(ORDER)
     if not cases:
-        sys.exit(f"no results under {root}")
+        sys.exit(f"no results in {args.log}" if args.log else f"no results under {root}")
     ordered = [c for c in ORDER if c in cases] + sorted(cases - set(ORDER))
 
     print(
@@ -145,9 +159,9 @@ def main():
         if case in skipped:
             print(f"| `{case}` | {skipped[case]} | | | |")
             continue
-        hvemu = median_ns(root, case, "hvemu")
-        floor = median_ns(root, case, "decode")
-        cached = median_ns(root, case, "hvemu-cached")
+        hvemu = median(case, "hvemu")
+        floor = median(case, "decode")
+        cached = median(case, "hvemu-cached")
         ratio = f"{hvemu / floor:.2f}x" if hvemu and floor else "–"
         cached_ratio = f"{cached / floor:.2f}x" if cached and floor else ""
         cached_time = fmt_time(cached) if cached else ""

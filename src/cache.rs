@@ -53,8 +53,8 @@ fn prefix(bytes: u128, len: usize) -> u128 {
 /// everything the decoder's result depends on, including the bytes themselves, so a hit is
 /// exactly what decoding would give: code rewritten in place, another address space or a
 /// mode switch is a miss, never a stale instruction. Each entry also keeps what hvemu derives
-/// from the instruction alone (its family, its operands' registers). Only instructions whose
-/// bytes all came with the exit are remembered. It is under a kilobyte, holds no pointers and
+/// from the instruction alone (its family, the registers it reads). Only instructions whose
+/// bytes all came with the exit are remembered. It is at most a kilobyte, holds no pointers and
 /// never allocates.
 ///
 /// ```

@@ -923,6 +923,9 @@ mod tests {
         assert_eq!(size_of::<crate::Config>(), 8);
         assert_eq!(size_of::<crate::Emulator<NoCallbacks>>(), 8);
         assert_eq!(size_of::<super::RegSet>(), 4);
+        // Documented as at most a kilobyte (README, `DecodeCache`).
+        let cache = size_of::<crate::DecodeCache>();
+        assert!(cache <= 1024, "DecodeCache is {cache} bytes");
     }
 
     /// The arithmetic GPR numbering agrees with iced-x86's own register tables.
