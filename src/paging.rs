@@ -367,13 +367,6 @@ fn pkey_denies(regs: &PagingRegisters, path: &Path, access: Access) -> bool {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
 mod tests {
     extern crate std;
     use std::vec;

@@ -859,11 +859,6 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
 mod tests {
     use iced_x86::Register;
 

@@ -372,13 +372,6 @@ pub(crate) fn run_op<O: AluOp, C: EmulatorCallbacks>(
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
 mod tests {
     extern crate std;
 

@@ -364,13 +364,6 @@ pub(crate) fn run_scan<O: ScanOp, C: EmulatorCallbacks>(
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
 mod tests {
     use super::*;
 

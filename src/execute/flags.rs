@@ -200,13 +200,6 @@ pub(crate) const fn condition(cc: ConditionCode, rflags: u64) -> Option<bool> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
 mod tests {
     use super::*;
 

@@ -334,13 +334,6 @@ fn run_truncating<C: EmulatorCallbacks>(cpu: &mut Cpu<'_, C>, instr: &Instructio
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
 mod tests {
     use super::*;
 

@@ -462,13 +462,6 @@ pub(crate) fn run_op<O: ShiftOp, C: EmulatorCallbacks>(
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
 mod tests {
     use super::*;
     use crate::execute::flags::{PF, SF, ZF};
@@ -793,13 +786,6 @@ mod tests {
 /// The five integer families of this change (bits, shifts, multiply/divide, conditional,
 /// MOVBE/MOVNTI) over iced-x86's codes.
 #[cfg(test)]
-#[allow(
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
 mod forms {
     extern crate std;
 

@@ -212,13 +212,6 @@ fn compare<C: EmulatorCallbacks>(cpu: &mut Cpu<'_, C>, first: u64, second: u64, 
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
 mod tests {
     extern crate std;
 
