@@ -482,6 +482,45 @@ fn aligned_forms_raise_gp0_on_a_misaligned_operand_before_any_memory_call() {
 }
 
 #[test]
+fn every_byte_of_a_vector_operand_is_checked_against_the_limit_and_canonical_form() {
+    // 64-bit: a 16-byte store whose last byte is past the lower canonical half is #GP(0),
+    // with no callback; one that ends on the last canonical byte is made.
+    let movups_store = long(|a| a.movups(xmmword_ptr(rbx), xmm3));
+    let mut m = machine(0x7FFF_FFFF_FFF8, XCR0_AVX);
+    assert_eq!(store(&mut m, &movups_store).exception(), Exception::gp(0));
+    assert!(m.memory_calls().is_empty());
+    assert!(m.translations().is_empty());
+    let mut m = machine(0x7FFF_FFFF_FFF0, XCR0_AVX);
+    store(&mut m, &movups_store).ok();
+    assert_eq!(m.memory_calls().len(), 1);
+
+    // 32-bit: against DS's limit, byte-granular, as an expand-up and as an expand-down
+    // (B=1: offsets above the limit up to 0xFFFFFFFF) data segment.
+    let movups_load = asm(32, |a| a.movups(xmm3, xmmword_ptr(ebx)));
+    let run = |attributes: u16, offset: u64| {
+        let mut m = Machine::protected32();
+        m.regs.xcr0 = XCR0_AVX;
+        m.regs.cr[4] |= 1 << 9;
+        m.regs
+            .set_segment(Segment::Ds, seg(0, 0xFFF, 0x10, attributes));
+        m.set_gpr(RBX, offset);
+        m.write_phys(offset, &seq(0x10, 16));
+        let ctx =
+            MemoryAccessContext::new(&movups_load, MemoryAccessType::Read, offset).with_gva(offset);
+        let outcome = m.mmio_ctx(movups_load.len() as u8, &ctx);
+        (outcome, m.memory_calls().len())
+    };
+    let (up, down) = (0x4093, 0x4097);
+    assert_eq!(run(up, 0xFF8).0.exception(), Exception::gp(0));
+    assert_eq!(run(up, 0xFF8).1, 0);
+    run(up, 0xFF0).0.ok();
+    assert_eq!(run(down, 0xFF8).0.exception(), Exception::gp(0));
+    assert_eq!(run(down, 0xFF8).1, 0);
+    run(down, 0x1000).0.ok();
+    assert_eq!(run(down, 0x1000).1, 1);
+}
+
+#[test]
 fn alignment_check_applies_to_small_operands_only() {
     // CPL 3 with CR0.AM and RFLAGS.AC: a misaligned 8-byte MOVQ faults #AC(0), a misaligned
     // 16-byte MOVUPS does not.

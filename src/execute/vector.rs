@@ -625,7 +625,9 @@ fn operand_linear<C: EmulatorCallbacks>(cpu: &mut Cpu<'_, C>, mem: MemRef) -> Re
 }
 
 /// Checks and translates one run of the operand, so that accessing it can no longer fault.
-/// `whole` marks a whole operand of 2, 4 or 8 bytes, the only accesses #AC applies to.
+/// `whole` marks a whole operand of 2, 4 or 8 bytes, the only accesses #AC applies to; any
+/// other run is checked as bytes (the same limit and canonical checks over the whole run,
+/// without #AC).
 fn resolve_run<C: EmulatorCallbacks>(
     cpu: &mut Cpu<'_, C>,
     mem: MemRef,
@@ -634,15 +636,8 @@ fn resolve_run<C: EmulatorCallbacks>(
     intent: Intent,
 ) -> Res<Span, C> {
     let offset = mem.offset.wrapping_add(run.start() as u64);
-    let last = run.len().saturating_sub(1) as u64;
-    let linear = if whole {
-        cpu.linearize(mem.seg, offset, run.len(), intent)?
-    } else {
-        // Both ends, one byte each: the same limit and canonical checks without #AC.
-        let first = cpu.linearize(mem.seg, offset, 1, intent)?;
-        cpu.linearize(mem.seg, offset.wrapping_add(last), 1, intent)?;
-        first
-    };
+    let element = if whole { run.len() } else { 1 };
+    let linear = cpu.linearize_elements(mem.seg, offset, run.len(), element, intent)?;
     cpu.translate(linear, run.len(), intent, Privilege::Current)
 }
 
