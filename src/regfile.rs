@@ -271,11 +271,7 @@ impl RegisterFile {
             return Err(RegisterFileError::LengthMismatch);
         }
         for (name, value) in names.iter().zip(values.iter_mut()) {
-            // The GPRs without a round trip through `read`'s 80-byte result.
-            *value = match entry(&self.gpr, RegisterName::RAX, *name) {
-                Some(&v) => RegisterValue::U64(v),
-                None => self.read(*name)?,
-            };
+            self.read_into(*name, value)?;
         }
         Ok(())
     }
@@ -318,12 +314,26 @@ impl RegisterFile {
 
     /// One register's value.
     pub fn read(&self, name: RegisterName) -> Result<RegisterValue, RegisterFileError> {
+        let mut value = RegisterValue::U64(0);
+        self.read_into(name, &mut value)?;
+        Ok(value)
+    }
+
+    /// [`RegisterFile::read`] into `out`, which `get` hands straight to the caller's array: an
+    /// 80-byte value returned by value and copied there was read back before its stores
+    /// retired.
+    fn read_into(
+        &self,
+        name: RegisterName,
+        out: &mut RegisterValue,
+    ) -> Result<(), RegisterFileError> {
         use RegisterValue::{Segment as Seg, Table, U64, U128, U256, U512};
         // The GPRs first: they are most of what an exit asks for.
         if let Some(&v) = entry(&self.gpr, RegisterName::RAX, name) {
-            return Ok(U64(v));
+            *out = U64(v);
+            return Ok(());
         }
-        Ok(match name {
+        *out = match name {
             RegisterName::RIP => U64(self.rip),
             RegisterName::RFLAGS => U64(self.rflags),
             RegisterName::LDTR => Seg(self.ldtr),
@@ -347,9 +357,7 @@ impl RegisterFile {
                     U128(low)
                 } else if let Some(n) = index_in(RegisterName::YMM0, 32, name) {
                     let mut b = [0u8; 32];
-                    for (dst, src) in b.iter_mut().zip(self.vector(n)) {
-                        *dst = src;
-                    }
+                    b.copy_from_slice(&self.vector(n)[..32]);
                     U256(b)
                 } else if let Some(n) = index_in(RegisterName::ZMM0, 32, name) {
                     U512(self.vector(n))
@@ -365,7 +373,8 @@ impl RegisterFile {
                     return Err(RegisterFileError::UnknownRegister(name));
                 }
             }
-        })
+        };
+        Ok(())
     }
 
     /// Writes one register.
