@@ -276,10 +276,6 @@ fn instruction_registers(family: Family, instr: &Instruction) -> (RegSet, WideNa
     let set = match family {
         Family::Move => mov::registers(set, instr),
         Family::String(op) => op.registers(set, instr),
-        // What a port instruction reads depends on the exit (see `registers_needed`).
-        Family::Port(_) => set,
-        // Its explicit operands are all it reads (RFLAGS comes with the exit).
-        Family::Alu(_) => set,
         Family::Exchange(kind) => kind.registers(set),
         Family::Stack(op) => op.registers(set),
         // The accumulator pair of the one-operand multiplies and divides.
@@ -288,8 +284,11 @@ fn instruction_registers(family: Family, instr: &Instruction) -> (RegSet, WideNa
         }
         // MOVDIR64B writes through ES.
         Family::MovX(movx::MovXKind::Movdir64b) => set.with(Slot::Seg(Segment::Es)),
-        // Explicit operands only (CL is one when it is the count).
-        Family::Bits(_)
+        // Explicit operands only (CL is one when it is the count; RFLAGS comes with the exit).
+        // What a port instruction reads beyond them depends on the exit: `registers_needed`.
+        Family::Alu(_)
+        | Family::Port(_)
+        | Family::Bits(_)
         | Family::Shift(_)
         | Family::MulDiv(_)
         | Family::Cond(_)
