@@ -352,6 +352,22 @@ impl State {
         }
     }
 
+    /// Appends to `names` (whose first `from` entries are taken) the names in `wide` not held
+    /// yet, once each, as far as `names` has room; returns how many entries are taken.
+    fn unheld(&self, wide: &[RegisterName], names: &mut [RegisterName], from: usize) -> usize {
+        let mut n = from;
+        for name in wide {
+            let asked = names.get(from..n).unwrap_or(&[]).contains(name);
+            if self.wide_index(*name).is_none() && !asked {
+                if let Some(slot) = names.get_mut(n) {
+                    *slot = *name;
+                    n = n.wrapping_add(1);
+                }
+            }
+        }
+        n
+    }
+
     fn wide_index(&self, name: RegisterName) -> Option<usize> {
         self.wide.iter().position(|w| w.name == name)
     }
@@ -456,27 +472,26 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
         if wide.is_empty() && missing.count_ones() as usize <= SMALL_BATCH {
             return self.fetch_few(missing);
         }
-        let mut names: heapless::Vec<RegisterName, BATCH> = heapless::Vec::new();
+        let mut names = [RegisterName::RIP; BATCH];
+        let mut n = 0usize;
         let mut bits = missing;
         while bits != 0 {
-            let slot = Slot::from_index(bits.trailing_zeros());
-            bits &= bits.wrapping_sub(1);
-            // At most SLOT_COUNT slots exist: the push cannot fail.
-            let _ = names.push(slot.name());
-        }
-        let slot_count = names.len();
-        for name in wide {
-            if self.state.wide_index(*name).is_none() && !names.contains(name) {
-                // Beyond BATCH names the rest are left out; `Cpu::wide` reads them singly.
-                let _ = names.push(*name);
+            if let Some(name) = names.get_mut(n) {
+                *name = Slot::from_index(bits.trailing_zeros()).name();
             }
+            bits &= bits.wrapping_sub(1);
+            n = n.wrapping_add(1);
         }
-        if names.is_empty() {
+        let slot_count = n;
+        // Beyond the array's room the rest are left out; `Cpu::wide` reads them singly.
+        let n = self.state.unheld(wide, &mut names, slot_count);
+        if n == 0 {
             return Ok(());
         }
-        with_values(names.len(), |values| {
+        let names = names.get(..n).unwrap_or(&[]);
+        with_values(n, |values| {
             self.cb
-                .get_registers(&names, values)
+                .get_registers(names, values)
                 .map_err(EmulationError::GetRegisters)?;
             let mut bits = missing;
             for value in values.iter().take(slot_count) {

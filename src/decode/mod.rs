@@ -14,6 +14,8 @@ use crate::error::{EmulationError, Exception};
 use crate::registers::Segment;
 use crate::state::{Cpu, Mode, Res};
 
+mod fast;
+
 /// The longest x86 instruction.
 pub(crate) const MAX_INSTRUCTION: usize = 15;
 
@@ -133,7 +135,12 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
     ) -> Res<bool, C> {
         let options = self.decoder_options();
         let exit_bytes = all.get(..count.min(MAX_INSTRUCTION)).unwrap_or(&[]);
-        // The common exit carries the whole instruction: decode it in place.
+        // The common exit carries the whole instruction, usually a form simple enough to
+        // decode without constructing iced's decoder; otherwise iced decodes it in place.
+        if fast::decode(exit_bytes, self.state.code_bits, self.state.rip, instr) {
+            self.check_fetch(instr)?;
+            return Ok(true);
+        }
         let mut decoder = self.decoder(exit_bytes, options);
         decoder.decode_out(instr);
         let whole = !instr.is_invalid();

@@ -48,6 +48,8 @@ pub(crate) fn sign_extend(value: u64, size: usize) -> u64 {
     }
 }
 
+// Out of line: a frame of its own keeps its accesses inlined into it whatever else grows.
+#[inline(never)]
 pub(super) fn run<C: EmulatorCallbacks>(cpu: &mut Cpu<'_, C>, instr: &Instruction) -> Res<(), C> {
     let size = instr.memory_size().size();
     if !matches!(size, 1 | 2 | 4 | 8) {
