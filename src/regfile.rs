@@ -298,7 +298,7 @@ impl RegisterFile {
             }
         }
         for (name, value) in names.iter().zip(values) {
-            self.write(*name, *value)?;
+            self.write_from(*name, value)?;
         }
         Ok(())
     }
@@ -383,16 +383,27 @@ impl RegisterFile {
         name: RegisterName,
         value: RegisterValue,
     ) -> Result<(), RegisterFileError> {
+        self.write_from(name, &value)
+    }
+
+    /// [`RegisterFile::write`] by reference: `set` passes the caller's values through
+    /// without copying them, as each was just written in narrow stores that an 80-byte copy
+    /// would read back in wide loads (a store-forwarding stall per value).
+    fn write_from(
+        &mut self,
+        name: RegisterName,
+        value: &RegisterValue,
+    ) -> Result<(), RegisterFileError> {
         if let (RegisterValue::U64(v), Some(slot)) = (value, self.common_u64(name)) {
-            *slot = v;
+            *slot = *v;
             return Ok(());
         }
         let wrong = RegisterFileError::WrongValueKind(name);
-        if core::mem::discriminant(&self.read(name)?) != core::mem::discriminant(&value) {
+        if core::mem::discriminant(&self.read(name)?) != core::mem::discriminant(value) {
             return Err(wrong);
         }
         // `read` found the name, and of this kind: one of the slots below holds it.
-        match value {
+        match *value {
             RegisterValue::U64(v) => {
                 let slot = match name {
                     RegisterName::RIP => Some(&mut self.rip),
