@@ -210,8 +210,9 @@ fn decode_into(bytes: &[u8], bits: u32, ip: u64, out: &mut Instruction) -> Optio
             _ => break b,
         }
     };
-    // Out early on the first byte of anything else (the SSE, VEX and EVEX moves, strings).
-    if !matches!(opcode, 0x00..=0x3B | 0x0F | 0x80 | 0x81 | 0x83 | 0x88..=0x8B | 0xC6 | 0xC7) {
+    // Out early on the first byte of anything else (the SSE, VEX and EVEX moves, strings);
+    // 0F, the escape, lies in the ALU range.
+    if !matches!(opcode, 0x00..=0x3B | 0x80 | 0x81 | 0x83 | 0x88..=0x8B | 0xC6 | 0xC7) {
         return None;
     }
     let (escaped, opcode) = if opcode == 0x0F {
