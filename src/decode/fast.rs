@@ -620,4 +620,52 @@ mod tests {
             assert!(agrees(bytes, bits, 0x1000), "{bits}-bit {bytes:02X?}");
         }
     }
+
+    /// Random prefix soups (any order, repeats, REX anywhere) before the fast path's opcodes
+    /// and random bytes: wherever it decodes, iced agrees.
+    #[test]
+    fn agrees_with_iced_on_random_prefix_orders() {
+        const PREFIX: [u8; 16] = [
+            0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x40, 0x44, 0x48,
+            0x4B, 0x4F,
+        ];
+        const OPCODE: [&[u8]; 14] = [
+            &[0x01],
+            &[0x08],
+            &[0x2B],
+            &[0x38],
+            &[0x80],
+            &[0x81],
+            &[0x83],
+            &[0x88],
+            &[0x8B],
+            &[0xC6],
+            &[0xC7],
+            &[0x0F, 0xB1],
+            &[0x0F, 0xB6],
+            &[0x0F, 0xB7],
+        ];
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut decoded = 0u32;
+        for _ in 0..200_000 {
+            let mut bytes = Vec::new();
+            for _ in 0..next() % 5 {
+                bytes.push(PREFIX[(next() % 16) as usize]);
+            }
+            bytes.extend(OPCODE[(next() % 14) as usize]);
+            bytes.extend(next().to_le_bytes());
+            bytes.extend(next().to_le_bytes());
+            let bits = [16, 32, 64][(next() % 3) as usize];
+            if agrees(&bytes, bits, next()) {
+                decoded += 1;
+            }
+        }
+        assert!(decoded > 30_000, "decoded {decoded}");
+    }
 }
