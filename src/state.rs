@@ -105,7 +105,10 @@ struct WideRegs(Option<heapless::Vec<Wide, WIDE_HELD>>);
 impl WideRegs {
     /// Whether any register held is to be written back.
     fn any_dirty(&self) -> bool {
-        self.iter().any(|w| w.dirty)
+        // Most exits hold none: settled without a call into the slice iterator.
+        self.0
+            .as_ref()
+            .is_some_and(|held| held.iter().any(|w| w.dirty))
     }
 
     fn iter(&self) -> core::slice::Iter<'_, Wide> {
@@ -197,25 +200,48 @@ impl RegSet {
         self.slots & (1 << slot.index()) != 0
     }
 
-    /// Adds the full GPR behind an iced register (AL, AX, EAX and RAX all mean RAX); other
-    /// registers are ignored.
-    pub(crate) fn with_register(self, reg: Register) -> RegSet {
-        match gpr_index(reg) {
-            Some(n) => self.with(Slot::Gpr(n)),
-            None => match segment_of(reg) {
-                Some(s) => self.with(Slot::Seg(s)),
-                None => self,
-            },
-        }
+    /// Adds the full GPR behind an iced register (AL, AX, EAX and RAX all mean RAX), or the
+    /// segment register; other registers are ignored. A table look-up: it runs several times
+    /// for every instruction decoded.
+    pub(crate) fn with_register(mut self, reg: Register) -> RegSet {
+        self.slots |= REGISTER_SLOTS.get(reg as usize).copied().unwrap_or(0);
+        self
     }
 }
+
+/// The slot bit of every iced register (by number) that [`RegSet::with_register`] adds: its
+/// GPR or segment register, or nothing. Built by the compiler, where an index out of range
+/// fails the build instead of panicking.
+#[allow(clippy::indexing_slicing)]
+const REGISTER_SLOTS: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0u32;
+    while i < 256 {
+        let slot = match gpr_number(i) {
+            Some(n) => Some(Slot::Gpr(n)),
+            None if i >= Register::ES as u32 && i <= Register::GS as u32 => {
+                Some(Slot::from_index(16 + i - Register::ES as u32))
+            }
+            None => None,
+        };
+        if let Some(slot) = slot {
+            table[i as usize] = 1 << slot.index();
+        }
+        i += 1;
+    }
+    table
+};
 
 /// The hardware number of the GPR behind `reg`, if it is a GPR (AL, AH, AX, EAX and RAX all
 /// mean 0). Arithmetic on iced-x86's register numbering (checked against its
 /// `full_register` for every register in the tests), because it runs on every exit.
 #[inline]
 pub(crate) fn gpr_index(reg: Register) -> Option<u8> {
-    let r = reg as u32;
+    gpr_number(reg as u32)
+}
+
+/// [`gpr_index`] of iced's register number `r`.
+const fn gpr_number(r: u32) -> Option<u8> {
     let n = match r {
         // AL, CL, DL, BL.
         1..=4 => r.wrapping_sub(1),
@@ -469,7 +495,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
     pub(crate) fn fetch_with(&mut self, set: RegSet, wide: &[RegisterName]) -> Res<(), C> {
         const BATCH: usize = SLOT_COUNT + WIDE_REQUEST;
         let missing = set.slots & !self.state.loaded.slots;
-        if wide.is_empty() && missing.count_ones() as usize <= SMALL_BATCH {
+        if wide.is_empty() && at_most(missing, SMALL_BATCH) {
             return self.fetch_few(missing);
         }
         let mut names = [RegisterName::RIP; BATCH];
@@ -512,16 +538,20 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
     /// [`Cpu::fetch_with`] for at most [`SMALL_BATCH`] slots and nothing held by name, the
     /// common exit: fixed arrays on the stack, no list to build.
     fn fetch_few(&mut self, missing: u32) -> Res<(), C> {
-        let n = missing.count_ones() as usize;
-        if n == 0 {
+        if missing == 0 {
             return Ok(());
         }
         let mut names = [RegisterName::RIP; SMALL_BATCH];
         let mut values = [RegisterValue::U64(0); SMALL_BATCH];
+        let mut n = 0usize;
         let mut bits = missing;
-        for name in names.iter_mut().take(n) {
+        for name in names.iter_mut() {
+            if bits == 0 {
+                break;
+            }
             *name = Slot::from_index(bits.trailing_zeros()).name();
             bits &= bits.wrapping_sub(1);
+            n = n.wrapping_add(1);
         }
         let (names, values) = (
             names.get(..n).unwrap_or(&[]),
@@ -697,7 +727,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
         let gprs = self.state.dirty.slots & 0xFFFF;
         if event.is_none()
             && !self.state.wide.any_dirty()
-            && (gprs.count_ones() as usize) < SMALL_BATCH.saturating_sub(1)
+            && at_most(gprs, SMALL_BATCH.saturating_sub(2))
         {
             return self.commit_few(gprs, new_rip, rflags);
         }
@@ -808,6 +838,16 @@ fn with_many_values<R>(n: usize, f: impl FnOnce(&mut [RegisterValue]) -> R) -> R
     let mut values = [RegisterValue::U64(0); MOST_VALUES];
     let n = n.min(MOST_VALUES);
     f(values.get_mut(..n).unwrap_or(&mut []))
+}
+
+/// Whether `bits` has at most `n` bits set. Cheaper than `count_ones`, which is a dozen
+/// instructions on the baseline x86-64 target (it has no POPCNT), for the small `n` used.
+#[inline(always)]
+fn at_most(mut bits: u32, n: usize) -> bool {
+    for _ in 0..n {
+        bits &= bits.wrapping_sub(1);
+    }
+    bits == 0
 }
 
 fn is_high_byte(reg: Register) -> bool {
@@ -936,6 +976,21 @@ mod tests {
         // Documented as at most a kilobyte (README, `DecodeCache`).
         let cache = size_of::<crate::DecodeCache>();
         assert!(cache <= 1024, "DecodeCache is {cache} bytes");
+    }
+
+    /// The slot table adds what the GPR numbering and the segment names say, for every
+    /// register.
+    #[test]
+    fn register_slots_agree_with_gpr_index_and_segment_of() {
+        use super::{RegSet, Slot, segment_of};
+        for reg in Register::values() {
+            let want = match (gpr_index(reg), segment_of(reg)) {
+                (Some(n), _) => RegSet::EMPTY.with(Slot::Gpr(n)),
+                (None, Some(s)) => RegSet::EMPTY.with(Slot::Seg(s)),
+                (None, None) => RegSet::EMPTY,
+            };
+            assert_eq!(RegSet::EMPTY.with_register(reg), want, "{reg:?}");
+        }
     }
 
     /// The arithmetic GPR numbering agrees with iced-x86's own register tables.
