@@ -382,9 +382,11 @@ impl State {
     /// yet, once each, as far as `names` has room; returns how many entries are taken.
     fn unheld(&self, wide: &[RegisterName], names: &mut [RegisterName], from: usize) -> usize {
         let mut n = from;
+        // The plan's batch comes first, when nothing is held yet.
+        let none_held = self.wide.0.is_none();
         for name in wide {
             let asked = names.get(from..n).unwrap_or(&[]).contains(name);
-            if self.wide_index(*name).is_none() && !asked {
+            if !asked && (none_held || self.wide_index(*name).is_none()) {
                 if let Some(slot) = names.get_mut(n) {
                     *slot = *name;
                     n = n.wrapping_add(1);
@@ -519,15 +521,18 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
             self.cb
                 .get_registers(names, values)
                 .map_err(EmulationError::GetRegisters)?;
+            // Split rather than skipped: `skip` on a zip walks it element by element.
+            let (slot_values, wide_values) = values.split_at(slot_count.min(values.len()));
+            let wide_names = names.get(slot_count..).unwrap_or(&[]);
             let mut bits = missing;
-            for value in values.iter().take(slot_count) {
+            for value in slot_values {
                 let slot = Slot::from_index(bits.trailing_zeros());
                 bits &= bits.wrapping_sub(1);
                 self.state
                     .store(slot, value)
                     .map_err(EmulationError::BadRegisterValue)?;
             }
-            for (name, value) in names.iter().zip(values.iter()).skip(slot_count) {
+            for (name, value) in wide_names.iter().zip(wide_values) {
                 self.state.hold_wide(*name, value, false)?;
             }
             self.state.loaded.slots |= missing;
@@ -573,18 +578,20 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
     }
 
     /// A register held by name (a vector view, an opmask, an x87/MMX register, XCR0 …), as
-    /// the instruction has left it so far. Asked for in the batch through
-    /// [`RegSet::with_wide`]; otherwise read by itself here.
-    /// Lent, not copied: an 80-byte value returned by value goes through memory in pieces.
+    /// the instruction has left it so far. Normally gathered with the plan's batch; otherwise
+    /// read by itself here. Lent, not copied: an 80-byte value returned by value goes through
+    /// memory in pieces.
     pub(crate) fn wide(&mut self, name: RegisterName) -> Res<&RegisterValue, C> {
-        if self.state.wide_index(name).is_none() {
-            self.fetch_with(RegSet::EMPTY, &[name])?;
-        }
-        self.state
-            .wide_index(name)
-            .and_then(|i| self.state.wide.get(i))
-            .map(|w| &w.value)
-            .ok_or(EmulationError::BadRegisterValue(name))
+        let bad = || EmulationError::BadRegisterValue(name);
+        // One search when it is held, as it usually is.
+        let i = match self.state.wide_index(name) {
+            Some(i) => i,
+            None => {
+                self.fetch_with(RegSet::EMPTY, &[name])?;
+                self.state.wide_index(name).ok_or_else(bad)?
+            }
+        };
+        self.state.wide.get(i).map(|w| &w.value).ok_or_else(bad)
     }
 
     /// Reads the registers held by name in `names` that are not held yet, in one
