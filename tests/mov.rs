@@ -38,11 +38,16 @@ fn long_mode_store_of_an_immediate_to_an_absolute_address_reads_no_register() {
     // mov dword [0xFFFFFFFFFEE00000], 0x12345678 (absolute: SIB with no base and no index,
     // the displacement sign-extended). The exit carries RIP, RFLAGS and CS, and 64-bit mode
     // needs no data segment: nothing to ask for.
-    let bytes = [0xC7, 0x04, 0x25, 0x00, 0x00, 0xE0, 0xFE, 0x78, 0x56, 0x34, 0x12];
+    let bytes = [
+        0xC7, 0x04, 0x25, 0x00, 0x00, 0xE0, 0xFE, 0x78, 0x56, 0x34, 0x12,
+    ];
     let gva = 0xFFFF_FFFF_FEE0_0000;
     let ctx = MemoryAccessContext::new(&bytes, MemoryAccessType::Write, MMIO).with_gva(gva);
     m.mmio_ctx(11, &ctx).ok();
-    assert_eq!(m.memory_calls(), [(MMIO, true, vec![0x78, 0x56, 0x34, 0x12])]);
+    assert_eq!(
+        m.memory_calls(),
+        [(MMIO, true, vec![0x78, 0x56, 0x34, 0x12])]
+    );
     assert_eq!(m.regs.rip, 0x100B);
     assert_eq!((m.gets(), m.sets()), (0, 1));
 }

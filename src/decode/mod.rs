@@ -162,6 +162,16 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
     /// nothing was fetched here).
     pub(crate) fn check_fetch(&mut self, instr: &Instruction) -> Res<(), C> {
         let ip = self.state.mask_ip(self.state.rip);
+        if self.state.is_long() {
+            // CS has base 0 and no limit here: what `linearize` would check, without its
+            // segment and permission steps (this runs on every exit).
+            let end = ip.wrapping_add(instr.len().saturating_sub(1) as u64);
+            return if self.canonical_range(ip, end)? {
+                Ok(())
+            } else {
+                Err(Exception::gp(0).into())
+            };
+        }
         self.linearize(Segment::Cs, ip, instr.len(), Intent::Execute)?;
         Ok(())
     }

@@ -49,14 +49,8 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
                 _ => 0,
             };
             let linear = base.wrapping_add(offset);
-            let end = linear.wrapping_add(last);
-            // CR4.LA57 matters only for addresses that are not 48-bit canonical, so the
-            // common exit never reads CR4.
-            if !(canonical(linear, 48) && canonical(end, 48)) {
-                let width = if self.cr4()? & (1 << 12) != 0 { 57 } else { 48 };
-                if !canonical(linear, width) || !canonical(end, width) {
-                    return Err(fault());
-                }
+            if !self.canonical_range(linear, linear.wrapping_add(last))? {
+                return Err(fault());
             }
             linear
         } else {
@@ -101,6 +95,16 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
         };
         self.check_alignment(linear, element, intent)?;
         Ok(linear)
+    }
+
+    /// Whether `linear..=end` is canonical in 64-bit mode. CR4.LA57 matters only for
+    /// addresses that are not 48-bit canonical, so the common exit never reads CR4.
+    pub(crate) fn canonical_range(&mut self, linear: u64, end: u64) -> Res<bool, C> {
+        if canonical(linear, 48) && canonical(end, 48) {
+            return Ok(true);
+        }
+        let width = if self.cr4()? & (1 << 12) != 0 { 57 } else { 48 };
+        Ok(canonical(linear, width) && canonical(end, width))
     }
 
     /// #AC(0) for a misaligned 2-, 4- or 8-byte data access at CPL 3 with CR0.AM and
