@@ -1,5 +1,6 @@
 //! Decoding: the instruction bytes from the exit, or fetched from guest memory when the exit
-//! carries too few, decoded by iced-x86 in the code segment's bitness.
+//! carries too few, decoded in the code segment's bitness: by [`fast`] for the common MMIO
+//! forms, by iced-x86 otherwise, into the same iced-x86 `Instruction` either way.
 //!
 //! Fetching follows the processor's rules (SDM Vol. 3A §5.3): bytes past the CS limit are a
 //! #GP(0) only if the instruction needs them, and a page is translated for execute only when a
