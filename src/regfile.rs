@@ -328,9 +328,13 @@ impl RegisterFile {
         out: &mut RegisterValue,
     ) -> Result<(), RegisterFileError> {
         use RegisterValue::{Segment as Seg, Table, U64, U128, U256, U512};
-        // The GPRs first: they are most of what an exit asks for.
+        // The GPRs, then the segment registers: most of what an exit asks for.
         if let Some(&v) = entry(&self.gpr, RegisterName::RAX, name) {
             *out = U64(v);
+            return Ok(());
+        }
+        if let Some(&s) = entry(&self.segments, RegisterName::ES, name) {
+            *out = Seg(s);
             return Ok(());
         }
         *out = match name {
@@ -345,9 +349,7 @@ impl RegisterFile {
             RegisterName::XCR0 => U64(self.xcr0),
             RegisterName::EFER => U64(self.efer),
             _ => {
-                if let Some(&s) = entry(&self.segments, RegisterName::ES, name) {
-                    Seg(s)
-                } else if let Some(&v) = entry(&self.cr, RegisterName::CR0, name) {
+                if let Some(&v) = entry(&self.cr, RegisterName::CR0, name) {
                     U64(v)
                 } else if let Some(&v) = entry(&self.dr, RegisterName::DR0, name) {
                     U64(v)
