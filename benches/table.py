@@ -15,6 +15,10 @@ lines. Without a log it reads target/criterion/<case>/{decode,hvemu,hvemu-cached
 estimates.json (the medians of the last run of each group) for the suite's cases found on disk
 (--all: every group with decode and hvemu results).
 
+With several logs (runs of the same build, say three in a row on a noisy machine), each
+figure is the median of that figure over the runs, a ratio the median of the runs' own ratios,
+and the extra lines are listed run by run.
+
 The criterion directory is $CRITERION_HOME, else $CARGO_TARGET_DIR/criterion, else
 target/criterion next to this script's crate; --criterion-dir overrides it.
 """
@@ -23,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -116,7 +121,9 @@ def parse_log(lines):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("log", nargs="?", help="the bench's output (file, or - for stdin)")
+    ap.add_argument(
+        "logs", nargs="*", metavar="log", help="the bench's output (files, or - for stdin)"
+    )
     ap.add_argument("--criterion-dir", help="criterion's output directory")
     ap.add_argument(
         "--all", action="store_true", help="without a log: every group on disk, not just the suite's"
@@ -124,30 +131,49 @@ def main():
     args = ap.parse_args()
     root = criterion_dir(args.criterion_dir)
 
-    callbacks, skipped, medians, extra = {}, {}, {}, []
-    if args.log:
-        stream = sys.stdin if args.log == "-" else open(args.log, encoding="utf-8")
+    callbacks, skipped, runs, extra = {}, {}, [], []
+    for i, log in enumerate(args.logs):
+        stream = sys.stdin if log == "-" else open(log, encoding="utf-8")
         with stream:
-            callbacks, skipped, medians, extra = parse_log(stream)
+            run_callbacks, run_skipped, run_medians, run_extra = parse_log(stream)
+        callbacks.update(run_callbacks)
+        skipped.update(run_skipped)
+        runs.append(run_medians)
+        if len(args.logs) > 1 and run_extra:
+            extra.append(f"run {i + 1} ({log}):")
+        extra.extend(run_extra)
+    medians = {key: statistics.median(r[key] for r in runs if key in r) for r in runs for key in r}
 
     def median(case, function):
-        if args.log:
+        if args.logs:
             return medians.get((case, function))
         return median_ns(root, case, function)
+
+    def ratio_of(case, function):
+        """The median over the runs of each run's own ratio to its floor."""
+        if not args.logs:
+            hvemu, floor = median(case, function), median(case, "decode")
+            return hvemu / floor if hvemu and floor else None
+        ratios = [
+            r[(case, function)] / r[(case, "decode")]
+            for r in runs
+            if r.get((case, function)) and r.get((case, "decode"))
+        ]
+        return statistics.median(ratios) if ratios else None
 
     on_disk = {
         p.parents[2].name
         for p in root.glob("*/hvemu/new/estimates.json")
         if (p.parents[2] / "decode" / "new" / "estimates.json").exists()
     }
-    if args.log:
+    if args.logs:
         cases = {case for case, function in medians if function == "hvemu"} | set(skipped)
     elif args.all:
         cases = on_disk
     else:
         cases = on_disk & set(ORDER)
     if not cases:
-        sys.exit(f"no results in {args.log}" if args.log else f"no results under {root}")
+        sys.exit(f"no results in {args.logs}" if args.logs else f"no results under {root}")
     ordered = [c for c in ORDER if c in cases] + sorted(cases - set(ORDER))
 
     print(
@@ -162,8 +188,9 @@ def main():
         hvemu = median(case, "hvemu")
         floor = median(case, "decode")
         cached = median(case, "hvemu-cached")
-        ratio = f"{hvemu / floor:.2f}x" if hvemu and floor else "–"
-        cached_ratio = f"{cached / floor:.2f}x" if cached and floor else ""
+        plain, warm = ratio_of(case, "hvemu"), ratio_of(case, "hvemu-cached")
+        ratio = f"{plain:.2f}x" if plain else "–"
+        cached_ratio = f"{warm:.2f}x" if warm else ""
         cached_time = fmt_time(cached) if cached else ""
         cb = callbacks.get(case, "–")
         print(
