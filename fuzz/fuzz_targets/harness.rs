@@ -1525,19 +1525,26 @@ fn effects(calls: &[Call]) -> Vec<&Call> {
         .collect()
 }
 
-/// An execute exit that vouches for a GPA the page map does not give its GVA. hvemu fetches
-/// the missing instruction bytes through the exit's GPA (a fetch from an MMIO page is such an
-/// exit), so with a lying exit the fetched bytes are not the code the case placed through the
-/// page map, and fetching cannot be compared with carrying the bytes. Outside real mode only:
-/// there is no translation, and no hint, in real mode.
+/// An execute exit that vouches for what the page map denies: a GPA it does not give the
+/// exit's GVA, or execute permission for that page. hvemu fetches instruction bytes at the
+/// exit's GVA through the exit's GPA without a walk (a fetch from an MMIO page is such an
+/// exit), and bytes anywhere else through a walk; so with a lying exit, fetching from the GVA
+/// and carrying those bytes while fetching the rest differ (in the bytes read, or in a #PF),
+/// and cannot be compared. Outside real mode only: there is no translation, and no hint, in
+/// real mode.
 fn lying_execute_exit(case: &Case) -> bool {
     let Exit::Mmio(m) = &case.exit else {
         return false;
     };
+    let denied = || {
+        let model = Model::new(case);
+        let (result, _) = model.walk(m.gva & PAGE_MASK, TranslateGvaFlags::VALIDATE_EXECUTE);
+        !usable(result)
+    };
     m.access_info.access_type == MemoryAccessType::Execute
         && m.access_info.gva_valid
         && effective_mode(&case.vp) != EffectiveMode::Real
-        && case.linear_to_gpa(m.gva) != Some(m.gpa)
+        && (case.linear_to_gpa(m.gva) != Some(m.gpa) || denied())
 }
 
 /// Fetching: when the exit carries only part of the instruction and guest memory holds all of
