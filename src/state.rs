@@ -424,6 +424,21 @@ impl State {
         }
     }
 
+    /// Stores `values` into the slots of `set` (a [`RegSet`]'s bits), in the order
+    /// [`list_slots`] named them.
+    #[inline]
+    fn store_slots<E>(
+        &mut self,
+        set: u32,
+        values: &[RegisterValue],
+    ) -> Result<(), EmulationError<E>> {
+        for (value, i) in values.iter().zip(SetBits(set)) {
+            self.store(Slot::from_index(i), value)
+                .map_err(EmulationError::BadRegisterValue)?;
+        }
+        Ok(())
+    }
+
     /// Takes `value` by reference: the monitor has just written it in narrow stores, and
     /// copying the whole 80-byte value reads it back in wide loads (a store-forwarding stall);
     /// only the variant's own bytes are read here.
@@ -501,16 +516,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
             return self.fetch_few(missing);
         }
         let mut names = [RegisterName::RIP; BATCH];
-        let mut n = 0usize;
-        let mut bits = missing;
-        while bits != 0 {
-            if let Some(name) = names.get_mut(n) {
-                *name = Slot::from_index(bits.trailing_zeros()).name();
-            }
-            bits &= bits.wrapping_sub(1);
-            n = n.wrapping_add(1);
-        }
-        let slot_count = n;
+        let slot_count = list_slots(missing, &mut names);
         // Beyond the array's room the rest are left out; `Cpu::wide` reads them singly.
         let n = self.state.unheld(wide, &mut names, slot_count);
         if n == 0 {
@@ -524,14 +530,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
             // Split rather than skipped: `skip` on a zip walks it element by element.
             let (slot_values, wide_values) = values.split_at(slot_count.min(values.len()));
             let wide_names = names.get(slot_count..).unwrap_or(&[]);
-            let mut bits = missing;
-            for value in slot_values {
-                let slot = Slot::from_index(bits.trailing_zeros());
-                bits &= bits.wrapping_sub(1);
-                self.state
-                    .store(slot, value)
-                    .map_err(EmulationError::BadRegisterValue)?;
-            }
+            self.state.store_slots(missing, slot_values)?;
             for (name, value) in wide_names.iter().zip(wide_values) {
                 self.state.hold_wide(*name, value, false)?;
             }
@@ -548,16 +547,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
         }
         let mut names = [RegisterName::RIP; SMALL_BATCH];
         let mut values = [RegisterValue::U64(0); SMALL_BATCH];
-        let mut n = 0usize;
-        let mut bits = missing;
-        for name in names.iter_mut() {
-            if bits == 0 {
-                break;
-            }
-            *name = Slot::from_index(bits.trailing_zeros()).name();
-            bits &= bits.wrapping_sub(1);
-            n = n.wrapping_add(1);
-        }
+        let n = list_slots(missing, &mut names);
         let (names, values) = (
             names.get(..n).unwrap_or(&[]),
             values.get_mut(..n).unwrap_or(&mut []),
@@ -565,14 +555,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
         self.cb
             .get_registers(names, values)
             .map_err(EmulationError::GetRegisters)?;
-        let mut bits = missing;
-        for value in values.iter() {
-            let slot = Slot::from_index(bits.trailing_zeros());
-            bits &= bits.wrapping_sub(1);
-            self.state
-                .store(slot, value)
-                .map_err(EmulationError::BadRegisterValue)?;
-        }
+        self.state.store_slots(missing, values)?;
         self.state.loaded.slots |= missing;
         Ok(())
     }
@@ -758,10 +741,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
                 }
                 n = n.wrapping_add(1);
             };
-            let mut bits = gprs;
-            while bits != 0 {
-                let i = bits.trailing_zeros();
-                bits &= bits.wrapping_sub(1);
+            for i in SetBits(gprs) {
                 let value = state.gpr.get(i as usize).copied().unwrap_or(0);
                 put(RegisterName(i), RegisterValue::U64(value));
             }
@@ -790,10 +770,7 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
         let mut values = [RegisterValue::U64(rip); SMALL_BATCH];
         // The same order as the general path: the GPRs, RIP, then RFLAGS.
         let mut n = 0usize;
-        let mut bits = gprs;
-        while bits != 0 {
-            let i = bits.trailing_zeros();
-            bits &= bits.wrapping_sub(1);
+        for i in SetBits(gprs) {
             if let (Some(name), Some(value)) = (names.get_mut(n), values.get_mut(n)) {
                 *name = RegisterName(i);
                 *value = RegisterValue::U64(self.state.gpr.get(i as usize).copied().unwrap_or(0));
@@ -845,6 +822,35 @@ fn with_many_values<R>(n: usize, f: impl FnOnce(&mut [RegisterValue]) -> R) -> R
     let mut values = [RegisterValue::U64(0); MOST_VALUES];
     let n = n.min(MOST_VALUES);
     f(values.get_mut(..n).unwrap_or(&mut []))
+}
+
+/// The indices of the set bits of a `u32`, lowest first.
+struct SetBits(u32);
+
+impl Iterator for SetBits {
+    type Item = u32;
+
+    #[inline]
+    fn next(&mut self) -> Option<u32> {
+        if self.0 == 0 {
+            return None;
+        }
+        let i = self.0.trailing_zeros();
+        self.0 &= self.0.wrapping_sub(1);
+        Some(i)
+    }
+}
+
+/// Lists the names of the slots in `set` (a [`RegSet`]'s bits) at the start of `names`, as
+/// many as it holds; returns how many it listed.
+#[inline]
+fn list_slots(set: u32, names: &mut [RegisterName]) -> usize {
+    let mut n = 0usize;
+    for (name, i) in names.iter_mut().zip(SetBits(set)) {
+        *name = Slot::from_index(i).name();
+        n = n.wrapping_add(1);
+    }
+    n
 }
 
 /// Whether `bits` has at most `n` bits set. Cheaper than `count_ones`, which is a dozen

@@ -899,6 +899,46 @@ impl Case {
         }
     }
 
+    /// The page map's answer to a walk of `gva_page` for `flags`, as the translation callback
+    /// gives it (before the system alias).
+    fn walk_page(&self, gva_page: u64, flags: TranslateGvaFlags) -> (TranslateGvaResult, u64) {
+        let user =
+            effective_cpl(&self.vp) == 3 && !flags.contains(TranslateGvaFlags::PRIVILEGE_EXEMPT);
+        let denied = |w: bool, us: bool, x: bool| {
+            (flags.contains(TranslateGvaFlags::VALIDATE_WRITE) && !w)
+                || (flags.contains(TranslateGvaFlags::VALIDATE_EXECUTE) && !x)
+                || (user && !us)
+        };
+        match &self.pages {
+            PageMap::Off => (TranslateGvaResult::Success, gva_page),
+            PageMap::Identity {
+                writable,
+                user: us,
+                executable,
+            } => {
+                if denied(*writable, *us, *executable) {
+                    (TranslateGvaResult::PrivilegeViolation, 0)
+                } else {
+                    (TranslateGvaResult::Success, gva_page)
+                }
+            }
+            PageMap::Sparse { entries, missing } => {
+                match entries.iter().find(|e| e.linear == gva_page) {
+                    Some(e) if e.result == TranslateGvaResult::Success => {
+                        if denied(e.writable, e.user, e.executable) {
+                            (TranslateGvaResult::PrivilegeViolation, 0)
+                        } else {
+                            (TranslateGvaResult::Success, e.gpa)
+                        }
+                    }
+                    Some(e) => (e.result, e.gpa),
+                    None if usable(*missing) => (*missing, gva_page),
+                    None => (*missing, 0),
+                }
+            }
+        }
+    }
+
     /// Writes `bytes` at `linear` (byte by byte through the page map; unmapped bytes go to the
     /// identity GPA).
     fn put(&mut self, linear: u64, bytes: &[u8]) {
@@ -1070,7 +1110,7 @@ impl<'c> Model<'c> {
     /// answers the page's alias with [`SYSTEM_ALIAS`] set, so the checker can tell which memory
     /// accesses went through such a translation.
     fn walk(&self, gva_page: u64, flags: TranslateGvaFlags) -> (TranslateGvaResult, u64) {
-        let (result, gpa) = self.walk_page(gva_page, flags);
+        let (result, gpa) = self.case.walk_page(gva_page, flags);
         if flags.contains(TranslateGvaFlags::PRIVILEGE_EXEMPT)
             && usable(result)
             && gpa & !PAGE_MASK == 0
@@ -1078,44 +1118,6 @@ impl<'c> Model<'c> {
             (result, gpa ^ SYSTEM_ALIAS)
         } else {
             (result, gpa)
-        }
-    }
-
-    fn walk_page(&self, gva_page: u64, flags: TranslateGvaFlags) -> (TranslateGvaResult, u64) {
-        let user = effective_cpl(&self.case.vp) == 3
-            && !flags.contains(TranslateGvaFlags::PRIVILEGE_EXEMPT);
-        let denied = |w: bool, us: bool, x: bool| {
-            (flags.contains(TranslateGvaFlags::VALIDATE_WRITE) && !w)
-                || (flags.contains(TranslateGvaFlags::VALIDATE_EXECUTE) && !x)
-                || (user && !us)
-        };
-        match &self.case.pages {
-            PageMap::Off => (TranslateGvaResult::Success, gva_page),
-            PageMap::Identity {
-                writable,
-                user: us,
-                executable,
-            } => {
-                if denied(*writable, *us, *executable) {
-                    (TranslateGvaResult::PrivilegeViolation, 0)
-                } else {
-                    (TranslateGvaResult::Success, gva_page)
-                }
-            }
-            PageMap::Sparse { entries, missing } => {
-                match entries.iter().find(|e| e.linear == gva_page) {
-                    Some(e) if e.result == TranslateGvaResult::Success => {
-                        if denied(e.writable, e.user, e.executable) {
-                            (TranslateGvaResult::PrivilegeViolation, 0)
-                        } else {
-                            (TranslateGvaResult::Success, e.gpa)
-                        }
-                    }
-                    Some(e) => (e.result, e.gpa),
-                    None if usable(*missing) => (*missing, gva_page),
-                    None => (*missing, 0),
-                }
-            }
         }
     }
 }
@@ -1537,8 +1539,7 @@ fn lying_execute_exit(case: &Case) -> bool {
         return false;
     };
     let denied = || {
-        let model = Model::new(case);
-        let (result, _) = model.walk(m.gva & PAGE_MASK, TranslateGvaFlags::VALIDATE_EXECUTE);
+        let (result, _) = case.walk_page(m.gva & PAGE_MASK, TranslateGvaFlags::VALIDATE_EXECUTE);
         !usable(result)
     };
     m.access_info.access_type == MemoryAccessType::Execute

@@ -375,7 +375,7 @@ fn memory_operand(
     let wide = address_bits == 64;
     // The first register of the address size; REX.B and REX.X extend base and index.
     let first = if wide { Register::RAX } else { Register::EAX };
-    let gpr = |n: u32| Register::try_from((first as usize).checked_add(n as usize)?).ok();
+    let gpr = |n: u32| register_after(first, n);
     let rex_b = u32::from(rex & 1) << 3;
     let rex_x = u32::from(rex & 2) << 2;
     // A 32-bit displacement is sign-extended to the address size; iced records its size as
@@ -409,19 +409,9 @@ fn memory_operand(
         }
     } else if mode == 0 && rm == 5 {
         // RIP- (or, with 67, EIP-) relative in 64-bit code; an absolute offset otherwise.
-        let d = r.u32()?;
-        match address_bits {
-            _ if !long => disp32(out, d),
-            64 => {
-                out.set_memory_displ_size(8);
-                out.set_memory_displacement64(d as i32 as i64 as u64);
-                out.set_memory_base(Register::RIP);
-            }
-            _ => {
-                out.set_memory_displ_size(4);
-                out.set_memory_displacement64(u64::from(d));
-                out.set_memory_base(Register::EIP);
-            }
+        disp32(out, r.u32()?);
+        if long {
+            out.set_memory_base(if wide { Register::RIP } else { Register::EIP });
         }
         return Some(());
     } else {
@@ -438,7 +428,7 @@ fn memory_operand(
 /// Byte register `n` (with REX, 4–7 are SPL–DIL rather than AH–BH).
 fn byte_register(n: u32, rex: bool) -> Option<Register> {
     let index = if rex && n >= 4 { n.wrapping_add(4) } else { n };
-    Register::try_from((Register::AL as usize).checked_add(index as usize)?).ok()
+    register_after(Register::AL, index)
 }
 
 /// General register `n` of the operand size (0: 16-bit, 1: 32-bit, 2: 64-bit).
@@ -448,6 +438,12 @@ fn full_register(n: u32, size: u32) -> Option<Register> {
         1 => Register::EAX,
         _ => Register::RAX,
     };
+    register_after(first, n)
+}
+
+/// The register `n` places after `first` in iced's numbering (its GPRs of one size, and the
+/// byte registers, are numbered consecutively).
+fn register_after(first: Register, n: u32) -> Option<Register> {
     Register::try_from((first as usize).checked_add(n as usize)?).ok()
 }
 

@@ -134,28 +134,32 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
         count: usize,
         instr: &mut Instruction,
     ) -> Res<bool, C> {
-        let options = self.decoder_options();
         let exit_bytes = all.get(..count.min(MAX_INSTRUCTION)).unwrap_or(&[]);
         // The common exit carries the whole instruction, usually a form simple enough to
         // decode without constructing iced's decoder; otherwise iced decodes it in place.
-        if fast::decode(exit_bytes, self.state.code_bits, self.state.rip, instr) {
-            self.check_fetch(instr)?;
-            return Ok(true);
-        }
-        let mut decoder = self.decoder(exit_bytes, options);
-        decoder.decode_out(instr);
-        let whole = !instr.is_invalid();
-        if instr.is_invalid() {
-            let error = decoder.last_error();
-            let mut buf = [0u8; MAX_INSTRUCTION];
-            let len = exit_bytes.len();
-            if let Some(dst) = buf.get_mut(..len) {
-                dst.copy_from_slice(exit_bytes);
-            }
-            self.decode_fetching(buf, len, error, options, instr)?;
-        }
+        let whole = fast::decode(exit_bytes, self.state.code_bits, self.state.rip, instr)
+            || self.decode_with_iced(exit_bytes, instr)?;
         self.check_fetch(instr)?;
         Ok(whole)
+    }
+
+    /// [`Cpu::decode`] by iced-x86, fetching what the exit's bytes lack; returns whether they
+    /// held the whole instruction.
+    fn decode_with_iced(&mut self, exit_bytes: &[u8], instr: &mut Instruction) -> Res<bool, C> {
+        let options = self.decoder_options();
+        let mut decoder = self.decoder(exit_bytes, options);
+        decoder.decode_out(instr);
+        if !instr.is_invalid() {
+            return Ok(true);
+        }
+        let error = decoder.last_error();
+        let mut buf = [0u8; MAX_INSTRUCTION];
+        let len = exit_bytes.len();
+        if let Some(dst) = buf.get_mut(..len) {
+            dst.copy_from_slice(exit_bytes);
+        }
+        self.decode_fetching(buf, len, error, options, instr)?;
+        Ok(false)
     }
 
     /// The processor fetched every byte: the whole instruction lies within the CS limit and,
