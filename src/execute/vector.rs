@@ -641,22 +641,51 @@ fn resolve_run<C: EmulatorCallbacks>(
     cpu.translate(linear, run.len(), intent, Privilege::Current)
 }
 
-/// The elements to access: one run over the whole operand, or the opmask's runs. Inlined:
-/// the runs returned through memory are read back before their stores retire.
-#[inline(always)]
-fn plan<C: EmulatorCallbacks>(
+/// The opmask's value when the form is masked (`{k1}`–`{k7}`); `None` when every element is
+/// accessed.
+fn opmask<C: EmulatorCallbacks>(
     cpu: &mut Cpu<'_, C>,
     instr: &Instruction,
     op: VecMove,
-) -> Res<(Runs, Option<u64>), C> {
-    let size = usize::from(op.size);
+) -> Res<Option<u64>, C> {
     match mask_register(instr, op) {
-        Some(k) => {
-            let mask = u64_of(k, cpu.wide(k)?)?;
-            Ok((runs(size, usize::from(op.element), mask), Some(mask)))
-        }
-        None => Ok((runs(size, size, 1), None)),
+        Some(k) => Ok(Some(u64_of(k, cpu.wide(k)?)?)),
+        None => Ok(None),
     }
+}
+
+/// Checks and translates every run of selected elements, then accesses each: a store writes
+/// the runs' bytes of `data`, a load reads them into it.
+fn masked_access<C: EmulatorCallbacks>(
+    cpu: &mut Cpu<'_, C>,
+    mem: MemRef,
+    op: VecMove,
+    mask: u64,
+    intent: Intent,
+    data: &mut [u8; 64],
+) -> Res<(), C> {
+    let size = usize::from(op.size);
+    let runs = runs(size, usize::from(op.element), mask);
+    // #AC applies to a 2-, 4- or 8-byte operand accessed whole.
+    let whole = matches!(size, 2 | 4 | 8) && {
+        let mut all = runs;
+        all.next() == Some(Run::new(0, size)) && all.next().is_none()
+    };
+    let mut spans: heapless::Vec<(Span, Run), MAX_RUNS> = heapless::Vec::new();
+    for r in runs {
+        let span = resolve_run(cpu, mem, r, whole, intent)?;
+        // As many spans as runs: the push cannot fail.
+        let _ = spans.push((span, r));
+    }
+    for (span, r) in &spans {
+        if let Some(bytes) = data.get_mut(r.range()) {
+            match op.dir {
+                Dir::Store => cpu.write_span(span, bytes)?,
+                Dir::Load => cpu.read_span(span, bytes)?,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs the move.
@@ -715,7 +744,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
             view_bytes(name, 16, cpu.wide(name)?, &mut src2_bytes)?;
         }
     }
-    let (runs, mask) = plan(cpu, instr, op)?;
+    let mask = opmask(cpu, instr, op)?;
 
     // Alignment, then segmentation and translation of every run, then the accesses.
     if op.aligned && operand_linear(cpu, mem)?.checked_rem(u64::from(op.size)) != Some(0) {
@@ -725,35 +754,24 @@ pub(super) fn run<C: EmulatorCallbacks>(
         Dir::Load => Intent::Read,
         Dir::Store => Intent::Write,
     };
-    // #AC applies to a 2-, 4- or 8-byte operand accessed whole.
-    let whole = matches!(size, 2 | 4 | 8) && {
-        let mut all = runs;
-        all.next() == Some(Run::new(0, size)) && all.next().is_none()
-    };
-    let mut spans: heapless::Vec<(Span, Run), MAX_RUNS> = heapless::Vec::new();
-    for r in runs {
-        let span = resolve_run(cpu, mem, r, whole, intent)?;
-        // As many spans as runs: the push cannot fail.
-        let _ = spans.push((span, r));
-    }
     let mut data = [0u8; 64];
-    match op.dir {
-        Dir::Store => {
-            let src = reg_bytes.get(at..).and_then(|b| b.get(..size));
-            if let (Some(src), Some(dst)) = (src, data.get_mut(..size)) {
-                dst.copy_from_slice(src);
-            }
-            for (span, r) in &spans {
-                if let Some(bytes) = data.get_mut(r.range()) {
-                    cpu.write_span(span, bytes)?;
-                }
-            }
+    if op.dir == Dir::Store {
+        let src = reg_bytes.get(at..).and_then(|b| b.get(..size));
+        if let (Some(src), Some(dst)) = (src, data.get_mut(..size)) {
+            dst.copy_from_slice(src);
         }
-        Dir::Load => {
-            for (span, r) in &spans {
-                if let Some(bytes) = data.get_mut(r.range()) {
-                    cpu.read_span(span, bytes)?;
-                }
+    }
+    match mask {
+        Some(mask) => masked_access(cpu, mem, op, mask, intent, &mut data)?,
+        // Unmasked, the common case: the whole operand is one access, and #AC applies to it
+        // when it is 2, 4 or 8 bytes.
+        None => {
+            let whole = Run::new(0, size);
+            let span = resolve_run(cpu, mem, whole, matches!(size, 2 | 4 | 8), intent)?;
+            let bytes = data.get_mut(..size).unwrap_or(&mut []);
+            match op.dir {
+                Dir::Store => cpu.write_span(&span, bytes)?,
+                Dir::Load => cpu.read_span(&span, bytes)?,
             }
         }
     }
