@@ -319,6 +319,13 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
         buf: &mut [u8],
         direction: AccessDirection,
     ) -> Res<(), C> {
+        // Nearly every access lies within one page: one call, no pieces to walk.
+        if span.first_len >= span.len {
+            return match buf.get_mut(..span.len) {
+                Some(data) if !data.is_empty() => self.gpa_access(span.first, data, direction),
+                _ => Ok(()),
+            };
+        }
         for (gpa, range) in span.pieces() {
             if let Some(data) = buf.get_mut(range) {
                 self.gpa_access(gpa, data, direction)?;
