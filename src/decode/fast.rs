@@ -194,6 +194,25 @@ struct Shape {
     modrm: u8,
 }
 
+/// The legacy prefixes and REX bytes (REX only in 64-bit code, which the loop checks). Built by
+/// the compiler, where an index out of range fails the build instead of panicking.
+#[allow(clippy::indexing_slicing)]
+const PREFIX_OR_REX: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0x40;
+    while b <= 0x4F {
+        t[b] = true;
+        b += 1;
+    }
+    let legacy = [0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3];
+    let mut i = 0;
+    while i < legacy.len() {
+        t[legacy[i]] = true;
+        i += 1;
+    }
+    t
+};
+
 /// Decodes the instruction at the start of `bytes` in `bits`-bit code at `ip` into `out`, if
 /// it is one of this module's forms with a memory operand; `false` (and `out` unspecified)
 /// leaves it to iced.
@@ -207,6 +226,10 @@ fn decode_into(bytes: &[u8], bits: u32, ip: u64, out: &mut Instruction) -> Optio
     // At most one of each prefix: a repeat falls through as the opcode, which no form has.
     let opcode = loop {
         let b = r.u8()?;
+        // Most instructions have no prefix: one look-up settles it.
+        if !PREFIX_OR_REX.get(usize::from(b)).copied().unwrap_or(false) {
+            break b;
+        }
         match b {
             0x66 if !p.operand_size => p.operand_size = true,
             0x67 if !p.address_size => p.address_size = true,
