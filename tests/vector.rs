@@ -286,6 +286,10 @@ fn movlps_movhps_loads_keep_the_other_half() {
 // ---- VEX ------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(
+    feature = "lean-decoder",
+    ignore = "assembles VEX/EVEX code, which the lean build's iced-x86 cannot encode"
+)]
 fn vex_128_load_zeroes_everything_above_bit_127_as_far_as_xcr0_enables_state() {
     let bytes = long(|a| a.vmovups(xmm3, xmmword_ptr(rbx)));
     assert_eq!(bytes, [0xC5, 0xF8, 0x10, 0x1B]);
@@ -313,6 +317,10 @@ fn vex_128_load_zeroes_everything_above_bit_127_as_far_as_xcr0_enables_state() {
 }
 
 #[test]
+#[cfg_attr(
+    feature = "lean-decoder",
+    ignore = "assembles VEX/EVEX code, which the lean build's iced-x86 cannot encode"
+)]
 fn vex_256_load_and_store() {
     let mut m = machine(MMIO, XCR0_AVX);
     load(&mut m, &long(|a| a.vmovdqu(ymm3, ymmword_ptr(rbx)))).ok();
@@ -329,6 +337,10 @@ fn vex_256_load_and_store() {
 }
 
 #[test]
+#[cfg_attr(
+    feature = "lean-decoder",
+    ignore = "assembles VEX/EVEX code, which the lean build's iced-x86 cannot encode"
+)]
 fn vex_scalar_and_three_operand_loads() {
     // vmovsd xmm3, [rbx]: 8 bytes, zero up to the top.
     let mut m = machine(MMIO, XCR0_AVX);
@@ -364,6 +376,10 @@ fn vex_scalar_and_three_operand_loads() {
 }
 
 #[test]
+#[cfg_attr(
+    feature = "lean-decoder",
+    ignore = "assembles VEX/EVEX code, which the lean build's iced-x86 cannot encode"
+)]
 fn vex_and_evex_need_their_state_in_xcr0_and_protected_mode() {
     let vex = long(|a| a.vmovups(xmm3, xmmword_ptr(rbx)));
     let evex = evex(|a| a.vmovups(xmm3, xmmword_ptr(rbx)));
@@ -391,6 +407,10 @@ fn vex_and_evex_need_their_state_in_xcr0_and_protected_mode() {
 // ---- page crossing and alignment --------------------------------------------------------
 
 #[test]
+#[cfg_attr(
+    feature = "lean-decoder",
+    ignore = "assembles VEX/EVEX code, which the lean build's iced-x86 cannot encode"
+)]
 fn page_crossing_32_and_64_byte_accesses_are_split_in_two_memory_calls() {
     // vmovdqu [rbx], ymm3 with RBX 16 bytes before a page boundary.
     let addr = MMIO + 0xFF0;
@@ -422,6 +442,10 @@ fn page_crossing_32_and_64_byte_accesses_are_split_in_two_memory_calls() {
 }
 
 #[test]
+#[cfg_attr(
+    feature = "lean-decoder",
+    ignore = "assembles VEX/EVEX code, which the lean build's iced-x86 cannot encode"
+)]
 fn aligned_forms_raise_gp0_on_a_misaligned_operand_before_any_memory_call() {
     let cases: [(&str, Vec<u8>, u64); 8] = [
         ("movaps load", long(|a| a.movaps(xmm3, xmmword_ptr(rbx))), 8),
@@ -542,6 +566,10 @@ fn alignment_check_applies_to_small_operands_only() {
 // ---- EVEX and opmasks ---------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(
+    feature = "lean-decoder",
+    ignore = "assembles VEX/EVEX code, which the lean build's iced-x86 cannot encode"
+)]
 fn evex_loads_write_the_zmm_view_with_zeroes_above_the_vector_length() {
     let mut m = machine(MMIO, XCR0_AVX512);
     let bytes = evex(|a| a.vmovdqu32(ymm3, ymmword_ptr(rbx)));
@@ -555,6 +583,10 @@ fn evex_loads_write_the_zmm_view_with_zeroes_above_the_vector_length() {
 }
 
 #[test]
+#[cfg_attr(
+    feature = "lean-decoder",
+    ignore = "assembles VEX/EVEX code, which the lean build's iced-x86 cannot encode"
+)]
 fn registers_16_to_31_are_hvemu_extension_names() {
     // vmovdqu32 xmm17, [rbx]: the ZMM17 view; vmovups [rbx], xmm30: read through XMM30.
     let mut m = machine(MMIO, XCR0_AVX512);
@@ -575,6 +607,10 @@ fn registers_16_to_31_are_hvemu_extension_names() {
 }
 
 #[test]
+#[cfg_attr(
+    feature = "lean-decoder",
+    ignore = "assembles VEX/EVEX code, which the lean build's iced-x86 cannot encode"
+)]
 fn masked_load_merges_or_zeroes_and_reads_only_selected_runs() {
     // vmovdqu32 zmm3 {k1}, [rbx] with k1 = 0b1111_0011: elements 0–1 and 4–7 (bytes 0–7 and
     // 16–31) are read, as two accesses; the rest keep ZMM3's bytes.
@@ -624,6 +660,10 @@ fn masked_load_merges_or_zeroes_and_reads_only_selected_runs() {
 }
 
 #[test]
+#[cfg_attr(
+    feature = "lean-decoder",
+    ignore = "assembles VEX/EVEX code, which the lean build's iced-x86 cannot encode"
+)]
 fn masked_store_writes_only_the_selected_bytes_one_access_per_run() {
     // vmovdqu8 [rbx] {k1}, zmm3 with k1 selecting bytes 0–3, 8–11, 62 and 63.
     let mut m = machine(MMIO, XCR0_AVX512);
@@ -660,6 +700,10 @@ fn masked_store_writes_only_the_selected_bytes_one_access_per_run() {
 }
 
 #[test]
+#[cfg_attr(
+    feature = "lean-decoder",
+    ignore = "assembles VEX/EVEX code, which the lean build's iced-x86 cannot encode"
+)]
 fn an_all_zero_mask_accesses_no_memory() {
     let mut m = machine(MMIO, XCR0_AVX512);
     m.regs.opmask[1] = 0xFFFF_0000; // only bits beyond the 8 qword elements
@@ -677,6 +721,10 @@ fn an_all_zero_mask_accesses_no_memory() {
 }
 
 #[test]
+#[cfg_attr(
+    feature = "lean-decoder",
+    ignore = "assembles VEX/EVEX code, which the lean build's iced-x86 cannot encode"
+)]
 fn masked_out_elements_do_not_fault_and_their_pages_are_not_translated() {
     // Linear page 0x4000_0000 maps the MMIO page; the next page is not present. The ZMM
     // operand starts 32 bytes before the boundary.
@@ -723,6 +771,10 @@ fn masked_out_elements_do_not_fault_and_their_pages_are_not_translated() {
 }
 
 #[test]
+#[cfg_attr(
+    feature = "lean-decoder",
+    ignore = "assembles VEX/EVEX code, which the lean build's iced-x86 cannot encode"
+)]
 fn masked_scalar_moves_use_mask_bit_zero() {
     // vmovss xmm3 {k1}, [rbx] with k1[0] = 0: nothing read; bits 0–31 kept, 32 and up zero.
     let mut m = machine(MMIO, XCR0_AVX512);
@@ -740,6 +792,10 @@ fn masked_scalar_moves_use_mask_bit_zero() {
 }
 
 #[test]
+#[cfg_attr(
+    feature = "lean-decoder",
+    ignore = "assembles VEX/EVEX code, which the lean build's iced-x86 cannot encode"
+)]
 fn evex_zeroing_on_a_store_and_broadcast_on_a_move_do_not_decode() {
     // vmovups [rax] {k1}{z}, zmm0 and vmovups zmm0, [rax]{1to16}.
     for bytes in [
