@@ -66,7 +66,7 @@
 
 use core::num::NonZeroUsize;
 
-use iced_x86::{Code, Instruction, OpKind, Register};
+use iced_x86::{Code, Instruction, Register};
 
 use super::unsupported;
 use crate::access::{Intent, Privilege, Span};
@@ -415,17 +415,13 @@ fn view(n: u8, width: usize) -> Option<RegisterName> {
 /// The register operand (the XMM/YMM/ZMM or MM register moved), and the second source of the
 /// three-operand loads.
 fn register_operands(instr: &Instruction, op: VecMove) -> (Register, Option<Register>) {
-    let regs = (0..instr.op_count())
-        .filter(|i| instr.op_kind(*i) == OpKind::Register)
-        .map(|i| instr.op_register(i));
-    let mut regs = regs.filter(|r| r.is_xmm() || r.is_ymm() || r.is_zmm() || r.is_mm());
-    let first = regs.next().unwrap_or(Register::None);
-    let second = if op.rest == Rest::Src2 {
-        regs.next()
-    } else {
-        None
-    };
-    (first, second)
+    // Every form is `op [mem], reg`, `op reg, [mem]` or (the three-operand VEX/EVEX loads)
+    // `op reg, src2, [mem]`; what is not a vector or MMX register here is refused by the caller.
+    match op.dir {
+        Dir::Store => (instr.op1_register(), None),
+        Dir::Load if op.rest == Rest::Src2 => (instr.op0_register(), Some(instr.op1_register())),
+        Dir::Load => (instr.op0_register(), None),
+    }
 }
 
 fn number(reg: Register) -> u8 {
@@ -698,7 +694,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
     let valid = match op.file {
         File::Mmx => reg.is_mm(),
         File::Vector => reg.is_xmm() || reg.is_ymm() || reg.is_zmm(),
-    };
+    } && src2.is_none_or(|r| r.is_xmm());
     let size = usize::from(op.size);
     let at = usize::from(op.at);
     if !valid || instr.memory_size().size() != size || instr.is_broadcast() {
