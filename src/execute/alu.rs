@@ -249,6 +249,9 @@ pub(crate) enum AluKind {
 
 /// The operation of an ALU instruction with a memory operand; `None` for anything else
 /// (register-only forms cannot have made a memory exit).
+// Inlined: `Family::of` asks it second for every instruction, and left to itself the compiler
+// made it a call once the vector classification changed.
+#[inline]
 pub(super) fn classify(instr: &Instruction) -> Option<AluKind> {
     let kind = match instr.mnemonic() {
         Mnemonic::Add => AluKind::Add,
