@@ -313,7 +313,9 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
         Ok(crate::state::le_value(data) as u64)
     }
 
-    fn span_access(
+    /// Reads or writes `buf` (whose length is the span's) at a translated span: one `memory`
+    /// call per page.
+    pub(crate) fn span_access(
         &mut self,
         span: &Span,
         buf: &mut [u8],

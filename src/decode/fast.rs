@@ -900,21 +900,12 @@ mod tests {
             for opcode in SSE_OPCODES {
                 for field in 0..=255u8 {
                     add(sweep(&[0xC5, field, opcode], bits, FEW_MODRMS, false));
-                    for other in [0x78, 0x7C, 0x7E, 0xF9, 0xFD, 0x38, 0x00] {
-                        add(sweep(
-                            &[0xC4, field, other, opcode],
-                            bits,
-                            FEW_MODRMS,
-                            false,
-                        ));
-                    }
-                    for first in [0xE1, 0x61, 0xA1, 0xC1, 0x01, 0xE2, 0x21] {
-                        add(sweep(
-                            &[0xC4, first, field, opcode],
-                            bits,
-                            FEW_MODRMS,
-                            false,
-                        ));
+                    // Three-byte VEX: each field value as the first byte under a few second
+                    // bytes, and as the second under a few first bytes.
+                    let firsts = [0x78, 0x7C, 0x7E, 0xF9, 0xFD, 0x38, 0x00].map(|b| [field, b]);
+                    let seconds = [0xE1, 0x61, 0xA1, 0xC1, 0x01, 0xE2, 0x21].map(|b| [b, field]);
+                    for [one, two] in firsts.into_iter().chain(seconds) {
+                        add(sweep(&[0xC4, one, two, opcode], bits, FEW_MODRMS, false));
                     }
                 }
                 for legacy in LEGACY {

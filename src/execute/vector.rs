@@ -70,7 +70,7 @@ use iced_x86::{Code, Instruction, Register};
 
 use super::unsupported;
 use crate::access::{Intent, Privilege, Span};
-use crate::callbacks::EmulatorCallbacks;
+use crate::callbacks::{AccessDirection, EmulatorCallbacks};
 use crate::error::{EmulationError, Exception};
 use crate::operand::MemRef;
 use crate::registers::{RegisterName, RegisterValue, Segment};
@@ -83,6 +83,24 @@ pub(crate) enum Dir {
     Load,
     /// Register to memory.
     Store,
+}
+
+impl Dir {
+    /// What the move does to its memory operand, for the checks and the translation.
+    fn intent(self) -> Intent {
+        match self {
+            Dir::Load => Intent::Read,
+            Dir::Store => Intent::Write,
+        }
+    }
+
+    /// The direction of its `memory` calls.
+    fn direction(self) -> AccessDirection {
+        match self {
+            Dir::Load => AccessDirection::Read,
+            Dir::Store => AccessDirection::Write,
+        }
+    }
 }
 
 /// Which register file the register operand is in.
@@ -657,10 +675,10 @@ fn masked_access<C: EmulatorCallbacks>(
     mem: MemRef,
     op: VecMove,
     mask: u64,
-    intent: Intent,
     data: &mut [u8; 64],
 ) -> Res<(), C> {
     let size = usize::from(op.size);
+    let intent = op.dir.intent();
     let runs = runs(size, usize::from(op.element), mask);
     // #AC applies to a 2-, 4- or 8-byte operand accessed whole.
     let whole = matches!(size, 2 | 4 | 8) && {
@@ -675,10 +693,7 @@ fn masked_access<C: EmulatorCallbacks>(
     }
     for (span, r) in &spans {
         if let Some(bytes) = data.get_mut(r.range()) {
-            match op.dir {
-                Dir::Store => cpu.write_span(span, bytes)?,
-                Dir::Load => cpu.read_span(span, bytes)?,
-            }
+            cpu.span_access(span, bytes, op.dir.direction())?;
         }
     }
     Ok(())
@@ -746,10 +761,7 @@ pub(super) fn run<C: EmulatorCallbacks>(
     if op.aligned && operand_linear(cpu, mem)?.checked_rem(u64::from(op.size)) != Some(0) {
         return Err(Exception::gp(0).into());
     }
-    let intent = match op.dir {
-        Dir::Load => Intent::Read,
-        Dir::Store => Intent::Write,
-    };
+    let intent = op.dir.intent();
     let mut data = [0u8; 64];
     if op.dir == Dir::Store {
         let src = reg_bytes.get(at..).and_then(|b| b.get(..size));
@@ -758,17 +770,14 @@ pub(super) fn run<C: EmulatorCallbacks>(
         }
     }
     match mask {
-        Some(mask) => masked_access(cpu, mem, op, mask, intent, &mut data)?,
+        Some(mask) => masked_access(cpu, mem, op, mask, &mut data)?,
         // Unmasked, the common case: the whole operand is one access, and #AC applies to it
         // when it is 2, 4 or 8 bytes.
         None => {
             let whole = Run::new(0, size);
             let span = resolve_run(cpu, mem, whole, matches!(size, 2 | 4 | 8), intent)?;
             let bytes = data.get_mut(..size).unwrap_or(&mut []);
-            match op.dir {
-                Dir::Store => cpu.write_span(&span, bytes)?,
-                Dir::Load => cpu.read_span(&span, bytes)?,
-            }
+            cpu.span_access(&span, bytes, op.dir.direction())?;
         }
     }
 
