@@ -642,6 +642,9 @@ fn operand_linear<C: EmulatorCallbacks>(cpu: &mut Cpu<'_, C>, mem: MemRef) -> Re
 /// `whole` marks a whole operand of 2, 4 or 8 bytes, the only accesses #AC applies to; any
 /// other run is checked as bytes (the same limit and canonical checks over the whole run,
 /// without #AC).
+// Inlined, as `translate` is: a span returned through memory was read back in wide loads over
+// narrow stores (a store-forwarding stall on every vector move).
+#[inline(always)]
 fn resolve_run<C: EmulatorCallbacks>(
     cpu: &mut Cpu<'_, C>,
     mem: MemRef,
