@@ -105,6 +105,7 @@ impl Tlb {
     /// A translation of `page` validated for at least `flags`, made with the same privilege:
     /// a walk for an implicit supervisor access (TSS, descriptor tables) never serves the
     /// instruction's own accesses, nor the other way round (SMAP treats the two differently).
+    #[inline]
     fn lookup(&self, page: u64, flags: TranslateGvaFlags) -> Option<u64> {
         self.valid()
             .iter()
@@ -113,6 +114,7 @@ impl Tlb {
             .map(|e| e.gpa)
     }
 
+    #[inline]
     fn insert(&mut self, page: u64, gpa: u64, flags: TranslateGvaFlags) {
         // Replace a weaker translation of the same page and privilege in place, so lookups
         // stay unambiguous.

@@ -111,6 +111,7 @@ impl DecodeCache {
     }
 
     /// Remembers `plan`, whose instruction was decoded from the start of `key`'s bytes.
+    #[inline]
     pub(crate) fn insert(&mut self, key: &Key, plan: &Plan) {
         let len = plan.instr.len();
         if !(1..=15).contains(&len) || len > key.count {

@@ -145,6 +145,7 @@ impl RegisterFile {
 
     /// All 512 bits of vector register `n` (0..=31) as little-endian bytes; out-of-range
     /// reads 0.
+    #[inline]
     pub fn vector(&self, n: usize) -> [u8; 64] {
         let lanes = match (
             self.xmm.get(n),
@@ -262,6 +263,7 @@ impl RegisterFile {
     }
 
     /// Reads `names` into `values`.
+    #[inline]
     pub fn get(
         &self,
         names: &[RegisterName],
@@ -278,6 +280,7 @@ impl RegisterFile {
 
     /// Writes `values` to `names`. Checks every pair before writing any, so a bad name leaves
     /// the file unchanged.
+    #[inline]
     pub fn set(
         &mut self,
         names: &[RegisterName],
@@ -304,6 +307,7 @@ impl RegisterFile {
     }
 
     /// The GPRs, RIP and RFLAGS: what nearly every commit writes, found without a search.
+    #[inline]
     fn common_u64(&mut self, name: RegisterName) -> Option<&mut u64> {
         match name {
             RegisterName::RIP => Some(&mut self.rip),
@@ -322,6 +326,7 @@ impl RegisterFile {
     /// [`RegisterFile::read`] into `out`, which `get` hands straight to the caller's array: an
     /// 80-byte value returned by value and copied there was read back before its stores
     /// retired.
+    #[inline]
     fn read_into(
         &self,
         name: RegisterName,
@@ -391,6 +396,7 @@ impl RegisterFile {
     /// [`RegisterFile::write`] by reference: `set` passes the caller's values through
     /// without copying them, as each was just written in narrow stores that an 80-byte copy
     /// would read back in wide loads (a store-forwarding stall per value).
+    #[inline]
     fn write_from(
         &mut self,
         name: RegisterName,

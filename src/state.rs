@@ -65,6 +65,7 @@ impl WideNames {
 
     /// Adds a name. Beyond [`WIDE_REQUEST`] names the list is unchanged, and [`Cpu::wide`]
     /// reads the name by itself when asked for it.
+    #[inline]
     pub(crate) fn with(mut self, name: RegisterName) -> WideNames {
         if self.names().contains(&name) {
             return self;
@@ -104,6 +105,7 @@ struct WideRegs(Option<heapless::Vec<Wide, WIDE_HELD>>);
 
 impl WideRegs {
     /// Whether any register held is to be written back.
+    #[inline]
     fn any_dirty(&self) -> bool {
         // Most exits hold none: settled without a call into the slice iterator.
         self.0
@@ -124,6 +126,7 @@ impl WideRegs {
     }
 
     /// Adds a register; `None` when all [`WIDE_HELD`] places are taken.
+    #[inline]
     fn push(&mut self, w: Wide) -> Option<()> {
         self.0.get_or_insert_with(heapless::Vec::new).push(w).ok()
     }
@@ -380,6 +383,7 @@ impl State {
 
     /// Appends to `names` (whose first `from` entries are taken) the names in `wide` not held
     /// yet, once each, as far as `names` has room; returns how many entries are taken.
+    #[inline]
     fn unheld(&self, wide: &[RegisterName], names: &mut [RegisterName], from: usize) -> usize {
         let mut n = from;
         // The plan's batch comes first, when nothing is held yet.
@@ -396,6 +400,7 @@ impl State {
         n
     }
 
+    #[inline]
     fn wide_index(&self, name: RegisterName) -> Option<usize> {
         self.wide.iter().position(|w| w.name == name)
     }
@@ -442,6 +447,7 @@ impl State {
     /// Takes `value` by reference: the monitor has just written it in narrow stores, and
     /// copying the whole 80-byte value reads it back in wide loads (a store-forwarding stall);
     /// only the variant's own bytes are read here.
+    #[inline]
     fn store(&mut self, slot: Slot, value: &RegisterValue) -> Result<(), RegisterName> {
         let bad = slot.name();
         match slot {
@@ -885,6 +891,7 @@ pub(crate) const fn bit_width(bytes: usize) -> u32 {
 /// own width; reading them back through a wider load (`u64::from_le_bytes` of a buffer
 /// partly filled) defeats store-to-load forwarding, a stall of a dozen or more cycles on
 /// current cores on every memory read. Bytes past the 16th are ignored.
+#[inline]
 pub(crate) fn le_value(bytes: &[u8]) -> u128 {
     match *bytes {
         [a] => u128::from(a),

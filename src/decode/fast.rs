@@ -218,10 +218,12 @@ const PREFIX_OR_REX: [bool; 256] = {
 /// Decodes the instruction at the start of `bytes` in `bits`-bit code at `ip` into `out`, if
 /// it is one of this module's forms with a memory operand; `false` (and `out` unspecified)
 /// leaves it to iced.
+#[inline]
 pub(crate) fn decode(bytes: &[u8], bits: u32, ip: u64, out: &mut Instruction) -> bool {
     decode_into(bytes, bits, ip, out).is_some()
 }
 
+#[inline]
 fn decode_into(bytes: &[u8], bits: u32, ip: u64, out: &mut Instruction) -> Option<()> {
     let mut r = Reader { bytes, at: 0 };
     let mut p = Prefixes::default();
@@ -438,6 +440,7 @@ fn sse(r: &mut Reader<'_>, p: &Prefixes, opcode: u8) -> Option<Shape> {
 
 /// The legacy SSE move of `opcode` (after 0F) under `mandatory` (0, 0x66, 0xF3 or 0xF2).
 #[rustfmt::skip]
+#[inline]
 fn sse_form(mandatory: u8, opcode: u8) -> Option<(Code, Layout)> {
     use Layout::{MemReg, RegMem};
     Some(match (mandatory, opcode) {
@@ -514,6 +517,7 @@ fn vex(r: &mut Reader<'_>, p: &Prefixes, escape: u8, bits: u32) -> Option<Shape>
 /// The VEX move of `opcode` under `pp` (0: none, 1: 66, 2: F3, 3: F2) and vector length `l`
 /// (set for 256 bits), and whether its register is a YMM one.
 #[rustfmt::skip]
+#[inline]
 fn vex_form(pp: u8, opcode: u8, l: bool) -> Option<(Code, Layout, bool)> {
     use Layout::{MemReg, RegMem};
     let (xmm, ymm, layout) = match (pp, opcode) {
@@ -543,12 +547,14 @@ fn vex_form(pp: u8, opcode: u8, l: bool) -> Option<(Code, Layout, bool)> {
 }
 
 /// The ModRM byte, if it names a memory operand (mod is not 3).
+#[inline]
 fn memory_modrm(r: &mut Reader<'_>) -> Option<u8> {
     let modrm = r.u8()?;
     (modrm >> 6 != 3).then_some(modrm)
 }
 
 /// Reads the rest of a memory operand (SIB, displacement) after `modrm` and records it.
+#[inline]
 fn memory_operand(
     r: &mut Reader<'_>,
     out: &mut Instruction,
@@ -645,12 +651,14 @@ fn memory_operand(
 }
 
 /// Byte register `n` (with REX, 4–7 are SPL–DIL rather than AH–BH).
+#[inline]
 fn byte_register(n: u32, rex: bool) -> Option<Register> {
     let index = if rex && n >= 4 { n.wrapping_add(4) } else { n };
     register_after(Register::AL, index)
 }
 
 /// General register `n` of the operand size (0: 16-bit, 1: 32-bit, 2: 64-bit).
+#[inline]
 fn full_register(n: u32, size: u32) -> Option<Register> {
     let first = match size {
         0 => Register::AX,
@@ -662,6 +670,7 @@ fn full_register(n: u32, size: u32) -> Option<Register> {
 
 /// The register `n` places after `first` in iced's numbering (its GPRs of one size, and the
 /// byte registers, are numbered consecutively).
+#[inline]
 fn register_after(first: Register, n: u32) -> Option<Register> {
     Register::try_from((first as usize).checked_add(n as usize)?).ok()
 }

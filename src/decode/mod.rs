@@ -6,6 +6,8 @@
 //! #GP(0) only if the instruction needs them, and a page is translated for execute only when a
 //! byte on it is needed, so a short instruction at the end of a page never touches the next.
 
+use core::sync::atomic::{AtomicU8, Ordering};
+
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
 
 use crate::access::{Intent, Privilege};
@@ -68,28 +70,38 @@ pub struct DecoderSupport {
 /// let support = hvemu::decoder_support();
 /// assert_eq!(support.vex, !cfg!(feature = "lean-decoder"));
 /// ```
+// Inlined: the VEX fast decoder asks on every exit, and only the first call probes.
+#[inline]
 pub fn decoder_support() -> DecoderSupport {
-    use core::sync::atomic::{AtomicU8, Ordering};
-    // Bit 7: probed; bits 0-2: VEX, EVEX, XOP present.
-    static PROBED: AtomicU8 = AtomicU8::new(0);
     let mut bits = PROBED.load(Ordering::Relaxed);
     if bits == 0 {
-        let decodes = |bytes: &[u8]| {
-            !Decoder::new(64, bytes, DecoderOptions::NONE)
-                .decode()
-                .is_invalid()
-        };
-        bits = 0x80
-            | u8::from(decodes(&[0xC5, 0xFE, 0x6F, 0x00]))
-            | u8::from(decodes(&[0x62, 0xF1, 0xFE, 0x48, 0x6F, 0x00])) << 1
-            | u8::from(decodes(&[0x8F, 0xE9, 0x78, 0xC1, 0xC0])) << 2;
-        PROBED.store(bits, Ordering::Relaxed);
+        bits = probe_decoder();
     }
     DecoderSupport {
         vex: bits & 1 != 0,
         evex: bits & 2 != 0,
         xop: bits & 4 != 0,
     }
+}
+
+/// What [`decoder_support`] found. Bit 7: probed; bits 0-2: VEX, EVEX, XOP present.
+static PROBED: AtomicU8 = AtomicU8::new(0);
+
+/// Decodes one instruction of each encoding and remembers which the decoder knows.
+#[cold]
+#[inline(never)]
+fn probe_decoder() -> u8 {
+    let decodes = |bytes: &[u8]| {
+        !Decoder::new(64, bytes, DecoderOptions::NONE)
+            .decode()
+            .is_invalid()
+    };
+    let bits = 0x80
+        | u8::from(decodes(&[0xC5, 0xFE, 0x6F, 0x00]))
+        | u8::from(decodes(&[0x62, 0xF1, 0xFE, 0x48, 0x6F, 0x00])) << 1
+        | u8::from(decodes(&[0x8F, 0xE9, 0x78, 0xC1, 0xC0])) << 2;
+    PROBED.store(bits, Ordering::Relaxed);
+    bits
 }
 
 /// Whether `bytes` (in `bits`-bit code) begin an instruction in an encoding the linked decoder

@@ -71,6 +71,7 @@ pub(crate) enum Family {
 
 impl Family {
     /// The family of a decoded instruction, if hvemu emulates it.
+    #[inline]
     pub(crate) fn of(instr: &Instruction) -> Option<Family> {
         // The families claim disjoint sets of instructions (a test checks it), so the order
         // only decides the cost: the commonest MMIO forms first.
@@ -220,6 +221,7 @@ pub(crate) struct Plan {
 
 impl Plan {
     /// A plan to decode into (an invalid instruction, not yet classified).
+    #[inline]
     pub(crate) fn empty() -> Plan {
         Plan {
             instr: Instruction::default(),
@@ -240,6 +242,7 @@ impl Plan {
     }
 
     /// Classifies the instruction in place.
+    #[inline]
     pub(crate) fn classify(&mut self) {
         let instr = &self.instr;
         self.family = Family::of(instr);
@@ -253,6 +256,7 @@ impl Plan {
 
 /// Whether the instruction accesses memory, so that a memory exit can have come from it: an
 /// explicit memory operand, a string operand, or the stack.
+#[inline]
 pub(crate) fn touches_memory(instr: &Instruction) -> bool {
     (0..instr.op_count()).any(|i| {
         matches!(
@@ -272,6 +276,7 @@ pub(crate) fn touches_memory(instr: &Instruction) -> bool {
 }
 
 /// The registers an instruction of `family` reads whatever the machine's state.
+#[inline]
 fn instruction_registers(family: Family, instr: &Instruction) -> (RegSet, WideNames) {
     let set = operand_registers(instr);
     let set = match family {

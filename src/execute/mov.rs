@@ -9,6 +9,7 @@ use crate::callbacks::EmulatorCallbacks;
 use crate::state::{Cpu, RegSet, Res, Slot, gpr_index, segment_of};
 
 /// `Some(())` for the moves hvemu emulates.
+#[inline]
 pub(super) fn classify(instr: &Instruction) -> Option<()> {
     let loads_segment = instr.code() == Code::Mov_Sreg_rm16
         || instr.code() == Code::Mov_Sreg_r32m16
@@ -22,6 +23,7 @@ pub(super) fn classify(instr: &Instruction) -> Option<()> {
 
 /// Drops a destination register whose old value the move does not need: a 32- or 64-bit
 /// write replaces all of it (unless it also forms the address).
+#[inline]
 pub(super) fn registers(set: RegSet, instr: &Instruction) -> RegSet {
     let dst = instr.op0_register();
     let addresses = [instr.memory_base(), instr.memory_index()];

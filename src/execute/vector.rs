@@ -199,6 +199,7 @@ impl VecMove {
 
 /// The form of a vector move hvemu emulates, by its `Code`.
 #[rustfmt::skip]
+#[inline]
 pub(crate) fn form(code: Code) -> Option<VecMove> {
     use Enc::{Evex, Legacy, Vex};
     use VecMove as V;
@@ -390,6 +391,7 @@ pub(crate) fn form(code: Code) -> Option<VecMove> {
 }
 
 /// The vector move hvemu emulates, if this is one.
+#[inline]
 pub(super) fn classify(instr: &Instruction) -> Option<VecMove> {
     form(instr.code())
 }
@@ -421,6 +423,7 @@ const FP_MMX: [RegisterName; 8] = {
 };
 
 /// The view of vector register `n` that is `width` bytes wide.
+#[inline]
 fn view(n: u8, width: usize) -> Option<RegisterName> {
     match width {
         16 => RegisterName::xmm(n),
@@ -432,6 +435,7 @@ fn view(n: u8, width: usize) -> Option<RegisterName> {
 
 /// The register operand (the XMM/YMM/ZMM or MM register moved), and the second source of the
 /// three-operand loads.
+#[inline]
 fn register_operands(instr: &Instruction, op: VecMove) -> (Register, Option<Register>) {
     // Every form is `op [mem], reg`, `op reg, [mem]` or (the three-operand VEX/EVEX loads)
     // `op reg, src2, [mem]`; what is not a vector or MMX register here is refused by the caller.
@@ -442,11 +446,13 @@ fn register_operands(instr: &Instruction, op: VecMove) -> (Register, Option<Regi
     }
 }
 
+#[inline]
 fn number(reg: Register) -> u8 {
     u8::try_from(reg.number()).unwrap_or(u8::MAX)
 }
 
 /// Adds the registers the move reads to the batch (the address registers are there already).
+#[inline]
 pub(super) fn registers(instr: &Instruction, op: VecMove) -> WideNames {
     let mut set = WideNames::EMPTY;
     let (reg, src2) = register_operands(instr, op);
@@ -483,6 +489,7 @@ pub(super) fn registers(instr: &Instruction, op: VecMove) -> WideNames {
 }
 
 /// The opmask register selecting the elements, when the form takes one and K1–K7 is given.
+#[inline]
 fn mask_register(instr: &Instruction, op: VecMove) -> Option<RegisterName> {
     if op.element == 0 {
         return None;

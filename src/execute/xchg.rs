@@ -75,6 +75,7 @@ pub(crate) enum ExchangeKind {
 }
 
 /// The instruction of the family with a memory operand; `None` for anything else.
+#[inline]
 pub(super) fn classify(instr: &Instruction) -> Option<ExchangeKind> {
     let kind = match instr.mnemonic() {
         Mnemonic::Xchg => ExchangeKind::Xchg,

@@ -24,6 +24,7 @@ pub(crate) struct MemRef {
 }
 
 /// The address size of an instruction's `OpKind::Memory` operand, in bytes.
+#[inline]
 pub(crate) fn memory_address_size(instr: &Instruction) -> usize {
     let base = instr.memory_base();
     let index = instr.memory_index();
@@ -51,6 +52,7 @@ pub(crate) const fn address_mask(size: usize) -> u64 {
 
 /// The registers an instruction's explicit operands name: register operands and the base,
 /// index and segment of a memory operand.
+#[inline]
 pub(crate) fn operand_registers(instr: &Instruction) -> RegSet {
     let mut set = RegSet::EMPTY;
     for i in 0..instr.op_count() {
