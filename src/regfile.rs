@@ -147,7 +147,17 @@ impl RegisterFile {
     /// reads 0.
     #[inline]
     pub fn vector(&self, n: usize) -> [u8; 64] {
-        let lanes = match (
+        let mut bytes = [0u8; 64];
+        for (chunk, lane) in bytes.chunks_exact_mut(16).zip(self.lanes(n)) {
+            chunk.copy_from_slice(&lane.to_le_bytes());
+        }
+        bytes
+    }
+
+    /// The four 128-bit lanes of vector register `n`, low first; out-of-range reads 0.
+    #[inline]
+    fn lanes(&self, n: usize) -> [u128; 4] {
+        match (
             self.xmm.get(n),
             self.ymm_hi128.get(n),
             self.zmm_hi256.get(n),
@@ -158,12 +168,7 @@ impl RegisterFile {
                 .and_then(|hi| self.hi16_zmm.get(hi))
                 .copied()
                 .unwrap_or([0; 4]),
-        };
-        let mut bytes = [0u8; 64];
-        for (chunk, lane) in bytes.chunks_exact_mut(16).zip(lanes) {
-            chunk.copy_from_slice(&lane.to_le_bytes());
         }
-        bytes
     }
 
     /// Sets all 512 bits of vector register `n` (0..=31); out-of-range is ignored.
@@ -363,8 +368,13 @@ impl RegisterFile {
                 } else if let Some(&[low, ..]) = entry(&self.hi16_zmm, RegisterName::XMM16, name) {
                     U128(low)
                 } else if let Some(n) = index_in(RegisterName::YMM0, 32, name) {
+                    // From the two lanes directly: a slice of `vector`'s 64 bytes was read
+                    // back in unaligned pieces before their stores retired.
+                    let [low, high, ..] = self.lanes(n);
                     let mut b = [0u8; 32];
-                    b.copy_from_slice(&self.vector(n)[..32]);
+                    let (b_low, b_high) = b.split_at_mut(16);
+                    b_low.copy_from_slice(&low.to_le_bytes());
+                    b_high.copy_from_slice(&high.to_le_bytes());
                     U256(b)
                 } else if let Some(n) = index_in(RegisterName::ZMM0, 32, name) {
                     U512(self.vector(n))

@@ -328,6 +328,7 @@ pub(crate) fn registers_needed<C: EmulatorCallbacks>(
 }
 
 /// Runs the instruction.
+#[inline]
 pub(crate) fn run<C: EmulatorCallbacks>(
     cpu: &mut Cpu<'_, C>,
     family: Family,
