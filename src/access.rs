@@ -317,6 +317,7 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
 
     /// Reads or writes `buf` (whose length is the span's) at a translated span: one `memory`
     /// call per page.
+    #[inline]
     pub(crate) fn span_access(
         &mut self,
         span: &Span,

@@ -515,6 +515,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
 
     /// Reads every register in `set` and every name in `wide` not yet held, in one
     /// `get_registers` call.
+    #[inline]
     pub(crate) fn fetch_with(&mut self, set: RegSet, wide: &[RegisterName]) -> Res<(), C> {
         const BATCH: usize = SLOT_COUNT + WIDE_REQUEST;
         let missing = set.slots & !self.state.loaded.slots;

@@ -177,6 +177,7 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
     /// The processor fetched every byte: the whole instruction lies within the CS limit and,
     /// in 64-bit mode, at canonical addresses (even when the exit supplied the bytes and
     /// nothing was fetched here).
+    #[inline]
     pub(crate) fn check_fetch(&mut self, instr: &Instruction) -> Res<(), C> {
         let ip = self.state.mask_ip(self.state.rip);
         // Not a shortcut for 64-bit mode: one (CS base 0, canonical check alone) took fewer

@@ -26,6 +26,7 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
     /// [`linearize`](Self::linearize) for `len` bytes made of consecutive `element`-byte
     /// accesses (a run of string iterations): the segment and canonical checks cover the whole
     /// range, the alignment check one element (they all share its alignment).
+    #[inline]
     pub(crate) fn linearize_elements(
         &mut self,
         seg: Segment,
