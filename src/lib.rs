@@ -42,6 +42,12 @@
 )]
 #![warn(missing_docs)]
 
+// Inlining. The exit path is generic over the callbacks, so it is compiled in the monitor's
+// crate, split across that crate's codegen units by source module. Without LTO, rustc offers a
+// function to the inliner outside its own unit only when it is `#[inline]`: the non-generic
+// functions the exit calls, and the generic ones a hot caller in another module needs, carry
+// it (BENCHMARKS.md, fifth round). `#[inline(never)]` marks the few kept apart on purpose.
+
 mod access;
 mod cache;
 mod callbacks;
