@@ -347,6 +347,26 @@ impl RegisterFile {
             *out = Seg(s);
             return Ok(());
         }
+        // Then what the vector moves read: XMM and YMM registers, and XCR0 for every AVX move.
+        if let Some(&v) = entry(&self.xmm, RegisterName::XMM0, name) {
+            *out = U128(v);
+            return Ok(());
+        }
+        if let Some(n) = index_in(RegisterName::YMM0, 32, name) {
+            // From the two lanes directly: a slice of `vector`'s 64 bytes was read back in
+            // unaligned pieces before their stores retired.
+            let [low, high, ..] = self.lanes(n);
+            let mut b = [0u8; 32];
+            let (b_low, b_high) = b.split_at_mut(16);
+            b_low.copy_from_slice(&low.to_le_bytes());
+            b_high.copy_from_slice(&high.to_le_bytes());
+            *out = U256(b);
+            return Ok(());
+        }
+        if name == RegisterName::XCR0 {
+            *out = U64(self.xcr0);
+            return Ok(());
+        }
         *out = match name {
             RegisterName::RIP => U64(self.rip),
             RegisterName::RFLAGS => U64(self.rflags),
@@ -356,26 +376,14 @@ impl RegisterFile {
             RegisterName::GDTR => Table(self.gdtr),
             RegisterName::FP_CONTROL_STATUS => U128(self.fp_control_status),
             RegisterName::XMM_CONTROL_STATUS => U128(self.xmm_control_status),
-            RegisterName::XCR0 => U64(self.xcr0),
             RegisterName::EFER => U64(self.efer),
             _ => {
                 if let Some(&v) = entry(&self.cr, RegisterName::CR0, name) {
                     U64(v)
                 } else if let Some(&v) = entry(&self.dr, RegisterName::DR0, name) {
                     U64(v)
-                } else if let Some(&v) = entry(&self.xmm, RegisterName::XMM0, name) {
-                    U128(v)
                 } else if let Some(&[low, ..]) = entry(&self.hi16_zmm, RegisterName::XMM16, name) {
                     U128(low)
-                } else if let Some(n) = index_in(RegisterName::YMM0, 32, name) {
-                    // From the two lanes directly: a slice of `vector`'s 64 bytes was read
-                    // back in unaligned pieces before their stores retired.
-                    let [low, high, ..] = self.lanes(n);
-                    let mut b = [0u8; 32];
-                    let (b_low, b_high) = b.split_at_mut(16);
-                    b_low.copy_from_slice(&low.to_le_bytes());
-                    b_high.copy_from_slice(&high.to_le_bytes());
-                    U256(b)
                 } else if let Some(n) = index_in(RegisterName::ZMM0, 32, name) {
                     U512(self.vector(n))
                 } else if let Some(&v) = entry(&self.opmask, RegisterName::K0, name) {

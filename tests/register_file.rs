@@ -66,3 +66,53 @@ fn every_platform_name_round_trips() {
     f.get(&names, &mut again).unwrap();
     assert_eq!(again, changed);
 }
+
+/// The XMM, YMM and ZMM names of one register are views of the same 512 bits (XMM16–31 of the
+/// upper bank too), and the hvemu extension names round-trip like the platform's.
+#[test]
+fn vector_views_share_their_lanes() {
+    let mut f = RegisterFile::long_mode();
+    for n in 0..32u8 {
+        let zmm: [u8; 64] = core::array::from_fn(|i| (i as u8).wrapping_mul(7) ^ n);
+        f.set(
+            &[RegisterName::zmm(n).unwrap()],
+            &[RegisterValue::U512(zmm)],
+        )
+        .unwrap();
+        let names = [
+            RegisterName::xmm(n).unwrap(),
+            RegisterName::ymm(n).unwrap(),
+            RegisterName::zmm(n).unwrap(),
+        ];
+        let mut v = [RegisterValue::default(); 3];
+        f.get(&names, &mut v).unwrap();
+        let low = u128::from_le_bytes(zmm[..16].try_into().unwrap());
+        assert_eq!(v[0], RegisterValue::U128(low), "xmm{n}");
+        assert_eq!(v[1], RegisterValue::U256(zmm[..32].try_into().unwrap()), "ymm{n}");
+        assert_eq!(v[2], RegisterValue::U512(zmm), "zmm{n}");
+        // A YMM write replaces the low 256 bits and keeps the rest.
+        let ymm = [0xA5u8 ^ n; 32];
+        f.set(&[names[1]], &[RegisterValue::U256(ymm)]).unwrap();
+        let mut after = [RegisterValue::default()];
+        f.get(&[names[2]], &mut after).unwrap();
+        let mut expected = zmm;
+        expected[..32].copy_from_slice(&ymm);
+        assert_eq!(after[0], RegisterValue::U512(expected), "zmm{n} after ymm{n}");
+    }
+    let scalars = [
+        (RegisterName::XCR0, RegisterValue::U64(0xE7)),
+        (RegisterName::CR8, RegisterValue::U64(0xF)),
+        (RegisterName::DR7, RegisterValue::U64(0x400)),
+        (RegisterName::opmask(7).unwrap(), RegisterValue::U64(0xFFFF)),
+        (RegisterName::fp_mmx(3).unwrap(), RegisterValue::U128(3 << 64 | 9)),
+        (RegisterName::FP_CONTROL_STATUS, RegisterValue::U128(0x37F)),
+        (RegisterName::XMM_CONTROL_STATUS, RegisterValue::U128(0x1F80 << 32)),
+        (RegisterName::PENDING_EVENT, RegisterValue::U128(1 << 100)),
+    ];
+    for (name, value) in scalars {
+        f.set(&[name], &[value]).unwrap();
+        let mut out = [RegisterValue::default()];
+        f.get(&[name], &mut out).unwrap();
+        assert_eq!(out[0], value, "{name:?}");
+    }
+}
