@@ -88,7 +88,11 @@ fn vector_views_share_their_lanes() {
         f.get(&names, &mut v).unwrap();
         let low = u128::from_le_bytes(zmm[..16].try_into().unwrap());
         assert_eq!(v[0], RegisterValue::U128(low), "xmm{n}");
-        assert_eq!(v[1], RegisterValue::U256(zmm[..32].try_into().unwrap()), "ymm{n}");
+        assert_eq!(
+            v[1],
+            RegisterValue::U256(zmm[..32].try_into().unwrap()),
+            "ymm{n}"
+        );
         assert_eq!(v[2], RegisterValue::U512(zmm), "zmm{n}");
         // A YMM write replaces the low 256 bits and keeps the rest.
         let ymm = [0xA5u8 ^ n; 32];
@@ -97,16 +101,26 @@ fn vector_views_share_their_lanes() {
         f.get(&[names[2]], &mut after).unwrap();
         let mut expected = zmm;
         expected[..32].copy_from_slice(&ymm);
-        assert_eq!(after[0], RegisterValue::U512(expected), "zmm{n} after ymm{n}");
+        assert_eq!(
+            after[0],
+            RegisterValue::U512(expected),
+            "zmm{n} after ymm{n}"
+        );
     }
     let scalars = [
         (RegisterName::XCR0, RegisterValue::U64(0xE7)),
         (RegisterName::CR8, RegisterValue::U64(0xF)),
         (RegisterName::DR7, RegisterValue::U64(0x400)),
         (RegisterName::opmask(7).unwrap(), RegisterValue::U64(0xFFFF)),
-        (RegisterName::fp_mmx(3).unwrap(), RegisterValue::U128(3 << 64 | 9)),
+        (
+            RegisterName::fp_mmx(3).unwrap(),
+            RegisterValue::U128(3 << 64 | 9),
+        ),
         (RegisterName::FP_CONTROL_STATUS, RegisterValue::U128(0x37F)),
-        (RegisterName::XMM_CONTROL_STATUS, RegisterValue::U128(0x1F80 << 32)),
+        (
+            RegisterName::XMM_CONTROL_STATUS,
+            RegisterValue::U128(0x1F80 << 32),
+        ),
         (RegisterName::PENDING_EVENT, RegisterValue::U128(1 << 100)),
     ];
     for (name, value) in scalars {
