@@ -147,7 +147,15 @@ impl RegisterFile {
     /// reads 0.
     #[inline]
     pub fn vector(&self, n: usize) -> [u8; 64] {
-        let mut bytes = [0u8; 64];
+        self.low_bytes(n)
+    }
+
+    /// The low `N` bytes (a multiple of 16, at most 64) of vector register `n`, built from its
+    /// lanes: a YMM value sliced from all 64 bytes was read back in unaligned pieces before
+    /// their stores retired.
+    #[inline]
+    fn low_bytes<const N: usize>(&self, n: usize) -> [u8; N] {
+        let mut bytes = [0u8; N];
         for (chunk, lane) in bytes.chunks_exact_mut(16).zip(self.lanes(n)) {
             chunk.copy_from_slice(&lane.to_le_bytes());
         }
@@ -353,14 +361,7 @@ impl RegisterFile {
             return Ok(());
         }
         if let Some(n) = index_in(RegisterName::YMM0, 32, name) {
-            // From the two lanes directly: a slice of `vector`'s 64 bytes was read back in
-            // unaligned pieces before their stores retired.
-            let [low, high, ..] = self.lanes(n);
-            let mut b = [0u8; 32];
-            let (b_low, b_high) = b.split_at_mut(16);
-            b_low.copy_from_slice(&low.to_le_bytes());
-            b_high.copy_from_slice(&high.to_le_bytes());
-            *out = U256(b);
+            *out = U256(self.low_bytes(n));
             return Ok(());
         }
         if name == RegisterName::XCR0 {

@@ -996,6 +996,7 @@ mod tests {
     fn every_code_with_a_memory_operand_of_these_moves_is_accepted_and_agrees_with_iced() {
         let mut accepted = [0usize; 3];
         let mut without_tables = 0;
+        let support = crate::decoder_support();
         let mut missing: Vec<Code> = Vec::new();
         for code in Code::values() {
             let ours = MNEMONICS.contains(&code.mnemonic())
@@ -1022,7 +1023,6 @@ mod tests {
             // and element size are ours. A build whose iced-x86 lacks the encoding's tables
             // (`lean-decoder`) can do neither: those codes are checked by the rest alone, and
             // counted apart.
-            let support = crate::decoder_support();
             let tables = match enc {
                 Enc::Legacy => true,
                 Enc::Vex => support.vex,
@@ -1079,7 +1079,6 @@ mod tests {
         );
         // Exactly the codes of the encodings the linked decoder lacks (all of them when it
         // has every table).
-        let support = crate::decoder_support();
         let lacking = |has: bool, n: usize| if has { 0 } else { n };
         assert_eq!(
             without_tables,
