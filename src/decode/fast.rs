@@ -80,6 +80,7 @@ const ALU: [Code; 8] = [
 ];
 
 /// `code` moved `by` places on in iced's numbering.
+#[inline]
 fn offset(code: Code, by: u32) -> Option<Code> {
     Code::try_from((code as usize).checked_add(by as usize)?).ok()
 }
