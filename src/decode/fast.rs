@@ -441,7 +441,7 @@ fn sse(r: &mut Reader<'_>, p: &Prefixes, opcode: u8) -> Option<Shape> {
 
 /// The legacy SSE move of `opcode` (after 0F) under `mandatory` (0, 0x66, 0xF3 or 0xF2).
 #[rustfmt::skip]
-#[inline]
+#[inline(always)]
 fn sse_form(mandatory: u8, opcode: u8) -> Option<(Code, Layout)> {
     use Layout::{MemReg, RegMem};
     Some(match (mandatory, opcode) {
@@ -518,7 +518,7 @@ fn vex(r: &mut Reader<'_>, p: &Prefixes, escape: u8, bits: u32) -> Option<Shape>
 /// The VEX move of `opcode` under `pp` (0: none, 1: 66, 2: F3, 3: F2) and vector length `l`
 /// (set for 256 bits), and whether its register is a YMM one.
 #[rustfmt::skip]
-#[inline]
+#[inline(always)]
 fn vex_form(pp: u8, opcode: u8, l: bool) -> Option<(Code, Layout, bool)> {
     use Layout::{MemReg, RegMem};
     let (xmm, ymm, layout) = match (pp, opcode) {
