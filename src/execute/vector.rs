@@ -774,9 +774,15 @@ pub(super) fn run<C: EmulatorCallbacks>(
     let intent = op.dir.intent();
     let mut data = [0u8; 64];
     if op.dir == Dir::Store {
-        let src = reg_bytes.get(at..).and_then(|b| b.get(..size));
-        if let (Some(src), Some(dst)) = (src, data.get_mut(..size)) {
-            dst.copy_from_slice(src);
+        if at == 0 {
+            // The whole array: a fixed-size copy is a few vector moves, where one of `size`
+            // bytes is a call to `memcpy`. The bytes past `size` are never accessed.
+            data = reg_bytes;
+        } else {
+            let src = reg_bytes.get(at..).and_then(|b| b.get(..size));
+            if let (Some(src), Some(dst)) = (src, data.get_mut(..size)) {
+                dst.copy_from_slice(src);
+            }
         }
     }
     match mask {
