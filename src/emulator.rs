@@ -295,7 +295,6 @@ impl<C: EmulatorCallbacks> Emulator<C> {
     }
 }
 
-/// Gathers the registers, runs the instruction, commits.
 /// Fills `plan` for the instruction at RIP: from the monitor's [`DecodeCache`] if it keeps one
 /// and has seen the instruction, else decoded (from the exit's first `count` bytes in `all`,
 /// fetching what is missing) and classified, and then remembered if the exit's bytes held all
@@ -329,6 +328,7 @@ fn find_plan<C: EmulatorCallbacks>(
     Ok(())
 }
 
+/// Gathers the registers, runs the instruction, commits.
 fn finish<C: EmulatorCallbacks>(
     cpu: &mut Cpu<'_, C>,
     family: Family,
