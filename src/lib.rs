@@ -47,6 +47,9 @@
 // function to the inliner outside its own unit only when it is `#[inline]`: the non-generic
 // functions the exit calls, and the generic ones a hot caller in another module needs, carry
 // it (BENCHMARKS.md, fifth round). `#[inline(never)]` marks the few kept apart on purpose.
+// `#[cold]` on the error constructors that faults and refusals go through (`From<Exception>`,
+// `execute::unsupported`) makes their branches the unlikely ones, which keeps those paths off
+// the exit's straight line (sixth round).
 
 mod access;
 mod cache;
