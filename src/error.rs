@@ -278,8 +278,8 @@ impl<E> EmulationError<E> {
 
 impl<E> From<Exception> for EmulationError<E> {
     // Cold and out of line: a call to it marks the branch that faults as the unlikely one,
-    // so the compiler lays the fault paths out of the way of the exit path (measured: 50 to
-    // 70 instructions fewer per exit).
+    // so the compiler lays the fault paths out of the way of the exit path (BENCHMARKS.md,
+    // sixth round).
     #[cold]
     #[inline(never)]
     fn from(e: Exception) -> Self {
