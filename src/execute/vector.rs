@@ -679,13 +679,14 @@ fn opmask<C: EmulatorCallbacks>(
 }
 
 /// Checks and translates every run of selected elements, then accesses each: a store writes
-/// the runs' bytes of `data`, a load reads them into it.
+/// the runs' bytes of `operand` (the operand's bytes, from its first), a load reads them into
+/// it.
 fn masked_access<C: EmulatorCallbacks>(
     cpu: &mut Cpu<'_, C>,
     mem: MemRef,
     op: VecMove,
     mask: u64,
-    data: &mut [u8; 64],
+    operand: &mut [u8],
 ) -> Res<(), C> {
     let size = usize::from(op.size);
     let intent = op.dir.intent();
@@ -702,7 +703,7 @@ fn masked_access<C: EmulatorCallbacks>(
         let _ = spans.push((span, r));
     }
     for (span, r) in &spans {
-        if let Some(bytes) = data.get_mut(r.range()) {
+        if let Some(bytes) = operand.get_mut(r.range()) {
             cpu.span_access(span, bytes, op.dir.direction())?;
         }
     }
@@ -772,28 +773,22 @@ pub(super) fn run<C: EmulatorCallbacks>(
         return Err(Exception::gp(0).into());
     }
     let intent = op.dir.intent();
+    // A store writes the register's own bytes, where they are (no copy); a load reads into
+    // `data`.
     let mut data = [0u8; 64];
-    if op.dir == Dir::Store {
-        if at == 0 {
-            // The whole array: a fixed-size copy is a few vector moves, where one of `size`
-            // bytes is a call to `memcpy`. The bytes past `size` are never accessed.
-            data = reg_bytes;
-        } else {
-            let src = reg_bytes.get(at..).and_then(|b| b.get(..size));
-            if let (Some(src), Some(dst)) = (src, data.get_mut(..size)) {
-                dst.copy_from_slice(src);
-            }
-        }
+    let operand = match op.dir {
+        Dir::Store => reg_bytes.get_mut(at..).and_then(|b| b.get_mut(..size)),
+        Dir::Load => data.get_mut(..size),
     }
+    .unwrap_or(&mut []);
     match mask {
-        Some(mask) => masked_access(cpu, mem, op, mask, &mut data)?,
+        Some(mask) => masked_access(cpu, mem, op, mask, operand)?,
         // Unmasked, the common case: the whole operand is one access, and #AC applies to it
         // when it is 2, 4 or 8 bytes.
         None => {
             let whole = Run::new(0, size);
             let span = resolve_run(cpu, mem, whole, matches!(size, 2 | 4 | 8), intent)?;
-            let bytes = data.get_mut(..size).unwrap_or(&mut []);
-            cpu.span_access(&span, bytes, op.dir.direction())?;
+            cpu.span_access(&span, operand, op.dir.direction())?;
         }
     }
 
