@@ -318,8 +318,8 @@ fn find_plan<C: EmulatorCallbacks>(
         // A hit skips the decoding, not the checks of the fetch.
         return cpu.check_fetch(&plan.instr);
     }
-    let (whole, known) = cpu.decode(all, count, &mut plan.instr)?;
-    plan.classify(known);
+    let whole = cpu.decode(all, count, &mut plan.instr)?;
+    plan.classify();
     if whole {
         if let Some(cache) = cpu.cb.decode_cache() {
             cache.insert(&key, plan);

@@ -3,8 +3,7 @@
 //! Constructing an iced `Decoder` costs about as much as decoding with it, and iced offers no
 //! safe way to point an existing decoder at new bytes. The ModRM forms with a memory operand
 //! that device drivers use are simple enough to decode here, into exactly the `Instruction`
-//! iced would produce, together with the [`Known`] kind that spares classification its
-//! search through the families:
+//! iced would produce:
 //!
 //! * MOV (88, 89, 8A, 8B, C6 /0, C7 /0), MOVZX (0F B6, 0F B7), the ALU read-modify-write
 //!   forms (00–3B, 80, 81, 83) and CMPXCHG (0F B0, 0F B1);
@@ -17,12 +16,9 @@
 //! Anything else (register forms, other opcodes, a repeated or ignored prefix, more than one
 //! mandatory prefix, a LOCK iced would refuse, bytes missing) is left to iced. The tests
 //! compare the two bit for bit over every ModRM and SIB byte of every form, under every
-//! prefix combination, in all three bitnesses, and check that the kind leads to the same plan
-//! as classifying iced's instruction from scratch.
+//! prefix combination, in all three bitnesses.
 
 use iced_x86::{Code, CodeSize, Instruction, OpKind, Register};
-
-use super::Known;
 
 /// Where the operands go.
 #[derive(Clone, Copy)]
@@ -57,17 +53,15 @@ struct Form {
     layout: Layout,
     /// Whether iced accepts a LOCK prefix on it (with a memory destination).
     lockable: bool,
-    known: Known,
 }
 
 impl Form {
-    const fn new(code: Code, byte: bool, layout: Layout, lockable: bool, known: Known) -> Form {
+    const fn new(code: Code, byte: bool, layout: Layout, lockable: bool) -> Form {
         Form {
             code,
             byte,
             layout,
             lockable,
-            known,
         }
     }
 }
@@ -106,11 +100,10 @@ fn form(escaped: bool, opcode: u8, reg: u8) -> Option<Form> {
             };
             // CMP writes nothing, and a LOCK needs a memory destination.
             let lockable = from == 0 && alu != 7;
-            let known = Known::Alu(alu as u8);
             if opcode & 1 == 0 {
-                Form::new(offset(base, from)?, true, layout, lockable, known)
+                Form::new(offset(base, from)?, true, layout, lockable)
             } else {
-                Form::new(offset(base, from | 1)?, false, layout, lockable, known)
+                Form::new(offset(base, from | 1)?, false, layout, lockable)
             }
         }
         (false, 0x80) => Form::new(
@@ -118,45 +111,32 @@ fn form(escaped: bool, opcode: u8, reg: u8) -> Option<Form> {
             true,
             MemImm(Imm::Byte),
             reg != 7,
-            Known::Alu(reg),
         ),
         (false, 0x81) => Form::new(
             offset(Code::Add_rm16_imm16, 3 * u32::from(reg))?,
             false,
             MemImm(Imm::Full),
             reg != 7,
-            Known::Alu(reg),
         ),
         (false, 0x83) => Form::new(
             offset(Code::Add_rm16_imm8, 3 * u32::from(reg))?,
             false,
             MemImm(Imm::SignedByte),
             reg != 7,
-            Known::Alu(reg),
         ),
-        (false, 0x88) => Form::new(Code::Mov_rm8_r8, true, MemReg, false, Known::Move),
-        (false, 0x89) => Form::new(Code::Mov_rm16_r16, false, MemReg, false, Known::Move),
-        (false, 0x8A) => Form::new(Code::Mov_r8_rm8, true, RegMem, false, Known::Move),
-        (false, 0x8B) => Form::new(Code::Mov_r16_rm16, false, RegMem, false, Known::Move),
-        (false, 0xC6) if reg == 0 => Form::new(
-            Code::Mov_rm8_imm8,
-            true,
-            MemImm(Imm::Byte),
-            false,
-            Known::Move,
-        ),
-        (false, 0xC7) if reg == 0 => Form::new(
-            Code::Mov_rm16_imm16,
-            false,
-            MemImm(Imm::Full),
-            false,
-            Known::Move,
-        ),
-        (true, 0xB0) => Form::new(Code::Cmpxchg_rm8_r8, true, MemReg, true, Known::Cmpxchg),
-        (true, 0xB1) => Form::new(Code::Cmpxchg_rm16_r16, false, MemReg, true, Known::Cmpxchg),
+        (false, 0x88) => Form::new(Code::Mov_rm8_r8, true, MemReg, false),
+        (false, 0x89) => Form::new(Code::Mov_rm16_r16, false, MemReg, false),
+        (false, 0x8A) => Form::new(Code::Mov_r8_rm8, true, RegMem, false),
+        (false, 0x8B) => Form::new(Code::Mov_r16_rm16, false, RegMem, false),
+        (false, 0xC6) if reg == 0 => Form::new(Code::Mov_rm8_imm8, true, MemImm(Imm::Byte), false),
+        (false, 0xC7) if reg == 0 => {
+            Form::new(Code::Mov_rm16_imm16, false, MemImm(Imm::Full), false)
+        }
+        (true, 0xB0) => Form::new(Code::Cmpxchg_rm8_r8, true, MemReg, true),
+        (true, 0xB1) => Form::new(Code::Cmpxchg_rm16_r16, false, MemReg, true),
         // MOVZX: the memory operand's size is in the code; the register is full-sized.
-        (true, 0xB6) => Form::new(Code::Movzx_r16_rm8, false, RegMem, false, Known::Move),
-        (true, 0xB7) => Form::new(Code::Movzx_r16_rm16, false, RegMem, false, Known::Move),
+        (true, 0xB6) => Form::new(Code::Movzx_r16_rm8, false, RegMem, false),
+        (true, 0xB7) => Form::new(Code::Movzx_r16_rm16, false, RegMem, false),
         _ => return None,
     };
     Some(f)
@@ -213,7 +193,6 @@ struct Shape {
     /// VEX's inverted B̄ and X̄ turned back).
     extend: u8,
     modrm: u8,
-    known: Known,
 }
 
 /// The legacy prefixes and REX bytes (REX only in 64-bit code, which the loop checks). Built by
@@ -238,10 +217,15 @@ const PREFIX_OR_REX: [bool; 256] = {
 };
 
 /// Decodes the instruction at the start of `bytes` in `bits`-bit code at `ip` into `out`, if
-/// it is one of this module's forms with a memory operand, and says which kind it is; `None`
-/// (and `out` unspecified) leaves it to iced.
+/// it is one of this module's forms with a memory operand; `false` (and `out` unspecified)
+/// leaves it to iced.
 #[inline]
-pub(crate) fn decode(bytes: &[u8], bits: u32, ip: u64, out: &mut Instruction) -> Option<Known> {
+pub(crate) fn decode(bytes: &[u8], bits: u32, ip: u64, out: &mut Instruction) -> bool {
+    decode_into(bytes, bits, ip, out).is_some()
+}
+
+#[inline]
+fn decode_into(bytes: &[u8], bits: u32, ip: u64, out: &mut Instruction) -> Option<()> {
     let mut r = Reader { bytes, at: 0 };
     let mut p = Prefixes::default();
     // At most one of each prefix: a repeat falls through as the opcode, which no form has.
@@ -382,7 +366,7 @@ pub(crate) fn decode(bytes: &[u8], bits: u32, ip: u64, out: &mut Instruction) ->
         )),
         _ => {}
     }
-    Some(shape.known)
+    Some(())
 }
 
 /// The general-register forms: `opcode` (after 0F when `escaped`) and its ModRM byte.
@@ -430,7 +414,6 @@ fn general(
         size,
         extend: p.rex & 3,
         modrm,
-        known: f.known,
     })
 }
 
@@ -453,7 +436,6 @@ fn sse(r: &mut Reader<'_>, p: &Prefixes, opcode: u8) -> Option<Shape> {
         size: 0,
         extend: p.rex & 3,
         modrm,
-        known: Known::Vector,
     })
 }
 
@@ -530,7 +512,6 @@ fn vex(r: &mut Reader<'_>, p: &Prefixes, escape: u8, bits: u32) -> Option<Shape>
         size: 0,
         extend: rxb & 3,
         modrm,
-        known: Known::Vector,
     })
 }
 
@@ -704,7 +685,6 @@ mod tests {
     use std::vec::Vec;
 
     use super::decode;
-    use crate::execute::Plan;
 
     /// Every prefix combination the fast path accepts, plus some it must leave to iced.
     const PREFIXES: &[&[u8]] = &[
@@ -773,35 +753,23 @@ mod tests {
     }
 
     /// Compares the fast path with iced on `bytes`: where it decodes, bit for bit the same
-    /// instruction (for both vendors' options), classified from what it knows into the same
-    /// plan as from iced's instruction alone; returns whether it decoded.
+    /// instruction (for both vendors' options); returns whether it decoded.
     fn agrees(bytes: &[u8], bits: u32, ip: u64) -> bool {
         let mut fast = Instruction::default();
-        let known = decode(bytes, bits, ip, &mut fast);
+        let decoded = decode(bytes, bits, ip, &mut fast);
         for options in [DecoderOptions::NONE, DecoderOptions::AMD] {
             let mut iced = Instruction::default();
             Decoder::with_ip(bits, bytes, ip, options).decode_out(&mut iced);
-            if let Some(known) = known {
+            if decoded {
                 assert!(
                     fast.eq_all_bits(&iced),
                     "{bits}-bit {bytes:02X?}: fast {fast:?} ({:?}), iced {iced:?} ({:?})",
                     fast.code(),
                     iced.code()
                 );
-                let mut from_known = Plan::empty();
-                from_known.instr = fast;
-                from_known.classify(Some(known));
-                let general = Plan::of(iced);
-                let summary = |p: &Plan| (p.family, p.touches_memory, p.reads, p.wide);
-                assert_eq!(
-                    summary(&from_known),
-                    summary(&general),
-                    "{bits}-bit {bytes:02X?} ({:?}, {known:?})",
-                    iced.code()
-                );
             }
         }
-        known.is_some()
+        decoded
     }
 
     /// The IP tried in `bits`-bit code: near the top, so that RIP-relative addresses wrap.

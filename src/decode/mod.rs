@@ -19,21 +19,6 @@ use crate::state::{Cpu, Mode, Res};
 
 mod fast;
 
-/// Which kind of instruction the fast decoder recognised: known from its opcode, so that
-/// classification goes straight to the family instead of asking each in turn (the fast
-/// decoder's tests check that both reach the same plan).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Known {
-    /// MOV or MOVZX.
-    Move,
-    /// An ALU operation, numbered as its opcodes are (ADD, OR, ADC, SBB, AND, SUB, XOR, CMP).
-    Alu(u8),
-    /// CMPXCHG.
-    Cmpxchg,
-    /// An SSE or AVX move.
-    Vector,
-}
-
 /// The longest x86 instruction.
 pub(crate) const MAX_INSTRUCTION: usize = 15;
 
@@ -154,22 +139,20 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
 
     /// Decodes the instruction at RIP into `instr`, starting from the first `count` bytes of
     /// `all` (the bytes the exit carried) and fetching any that are missing. Returns whether
-    /// the exit's bytes held the whole instruction, and its kind when the fast decoder knew it.
+    /// the exit's bytes held the whole instruction.
     pub(crate) fn decode(
         &mut self,
         all: &[u8; 16],
         count: usize,
         instr: &mut Instruction,
-    ) -> Res<(bool, Option<Known>), C> {
+    ) -> Res<bool, C> {
         let exit_bytes = all.get(..count.min(MAX_INSTRUCTION)).unwrap_or(&[]);
         // The common exit carries the whole instruction, usually a form simple enough to
         // decode without constructing iced's decoder; otherwise iced decodes it in place.
-        let decoded = match fast::decode(exit_bytes, self.state.code_bits, self.state.rip, instr) {
-            Some(known) => (true, Some(known)),
-            None => (self.decode_with_iced(exit_bytes, instr)?, None),
-        };
+        let whole = fast::decode(exit_bytes, self.state.code_bits, self.state.rip, instr)
+            || self.decode_with_iced(exit_bytes, instr)?;
         self.check_fetch(instr)?;
-        Ok(decoded)
+        Ok(whole)
     }
 
     /// [`Cpu::decode`] by iced-x86, fetching what the exit's bytes lack; returns whether they

@@ -247,18 +247,6 @@ pub(crate) enum AluKind {
     Not,
 }
 
-/// The eight operations of the ALU opcodes (00–3F, 80–83) in opcode order.
-pub(super) const BY_OPCODE: [AluKind; 8] = [
-    AluKind::Add,
-    AluKind::Or,
-    AluKind::Adc,
-    AluKind::Sbb,
-    AluKind::And,
-    AluKind::Sub,
-    AluKind::Xor,
-    AluKind::Cmp,
-];
-
 /// The operation of an ALU instruction with a memory operand; `None` for anything else
 /// (register-only forms cannot have made a memory exit).
 // Inlined: `Family::of` asks it second for every instruction, and left to itself the compiler

@@ -34,7 +34,6 @@ use iced_x86::{Instruction, OpKind};
 
 use crate::callbacks::EmulatorCallbacks;
 use crate::context::MemoryAccessType;
-use crate::decode::Known;
 use crate::error::EmulationError;
 use crate::operand::{MemRef, operand_registers};
 use crate::registers::Segment;
@@ -89,18 +88,6 @@ impl Family {
             .or_else(|| muldiv::classify(instr).map(Family::MulDiv))
             .or_else(|| cond::classify(instr).map(Family::Cond))
             .or_else(|| movx::classify(instr).map(Family::MovX))
-    }
-
-    /// [`Family::of`] for an instruction the fast decoder recognised as `known`: the same
-    /// answer (its tests check every form it decodes) without asking each family in turn.
-    #[inline]
-    fn known(known: Known, instr: &Instruction) -> Option<Family> {
-        match known {
-            Known::Move => Some(Family::Move),
-            Known::Alu(n) => alu::BY_OPCODE.get(usize::from(n)).copied().map(Family::Alu),
-            Known::Cmpxchg => Some(Family::Exchange(xchg::ExchangeKind::Cmpxchg)),
-            Known::Vector => vector::classify(instr).map(Family::Vector),
-        }
     }
 
     /// The port operation, if this is one.
@@ -250,19 +237,16 @@ impl Plan {
     pub(crate) fn of(instr: Instruction) -> Plan {
         let mut plan = Plan::empty();
         plan.instr = instr;
-        plan.classify(None);
+        plan.classify();
         plan
     }
 
-    /// Classifies the instruction in place; `known` is what the fast decoder said of it, if
-    /// it decoded it (every form it decodes has a memory operand).
+    /// Classifies the instruction in place.
     #[inline]
-    pub(crate) fn classify(&mut self, known: Option<Known>) {
+    pub(crate) fn classify(&mut self) {
         let instr = &self.instr;
-        (self.family, self.touches_memory) = match known {
-            Some(known) => (Family::known(known, instr), true),
-            None => (Family::of(instr), touches_memory(instr)),
-        };
+        self.family = Family::of(instr);
+        self.touches_memory = touches_memory(instr);
         (self.reads, self.wide) = match self.family {
             Some(family) => instruction_registers(family, instr),
             None => (RegSet::EMPTY, WideNames::EMPTY),
