@@ -277,9 +277,7 @@ impl<E> EmulationError<E> {
 }
 
 impl<E> From<Exception> for EmulationError<E> {
-    // Cold and out of line: a call to it marks the branch that faults as the unlikely one,
-    // so the compiler lays the fault paths out of the way of the exit path (BENCHMARKS.md,
-    // sixth round).
+    // Cold: the crate's policy in lib.rs.
     #[cold]
     #[inline(never)]
     fn from(e: Exception) -> Self {

@@ -361,8 +361,8 @@ pub(crate) fn read_value<C: EmulatorCallbacks>(
     cpu.read_span_value(&span, size)
 }
 
-/// The error for an instruction form hvemu does not emulate. Cold and out of line, as
-/// `From<Exception>` is, and given the instruction so that reading its code is off the path.
+/// The error for an instruction form hvemu does not emulate. Cold (the policy in lib.rs), and
+/// given the instruction so that reading its code is off the path too.
 #[cold]
 #[inline(never)]
 pub(crate) fn unsupported<E>(instr: &Instruction) -> EmulationError<E> {
