@@ -300,6 +300,7 @@ impl<C: EmulatorCallbacks> Emulator<C> {
 /// fetching what is missing) and classified, and then remembered if the exit's bytes held all
 /// of it. `plan` is filled in place: a freshly decoded instruction moved by value is read back
 /// with wide loads over the decoder's narrow stores, a store-forwarding stall.
+#[inline(always)]
 fn find_plan<C: EmulatorCallbacks>(
     cpu: &mut Cpu<'_, C>,
     all: &[u8; 16],
@@ -329,6 +330,7 @@ fn find_plan<C: EmulatorCallbacks>(
 }
 
 /// Gathers the registers, runs the instruction, commits.
+#[inline(always)]
 fn finish<C: EmulatorCallbacks>(
     cpu: &mut Cpu<'_, C>,
     family: Family,

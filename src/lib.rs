@@ -49,7 +49,10 @@
 // it (BENCHMARKS.md, fifth round). `#[inline(never)]` marks the few kept apart on purpose.
 // `#[cold]` on the error constructors that faults and refusals go through (`From<Exception>`,
 // `execute::unsupported`) makes their branches the unlikely ones, which keeps those paths off
-// the exit's straight line (sixth round).
+// the exit's straight line (sixth round). `#[inline(always)]` marks the exit's stages that
+// have one caller (`find_plan`, `finish`, the small register fetch and commit, the canonical
+// check), which LLVM kept out of line once both entry points were compiled: inlined, each
+// exit runs 45–75 instructions fewer for 5 % more code (eighth round).
 
 mod access;
 mod cache;

@@ -548,6 +548,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
 
     /// [`Cpu::fetch_with`] for at most [`SMALL_BATCH`] slots and nothing held by name, the
     /// common exit: fixed arrays on the stack, no list to build.
+    #[inline(always)]
     fn fetch_few(&mut self, missing: u32) -> Res<(), C> {
         if missing == 0 {
             return Ok(());
@@ -708,6 +709,7 @@ impl<'a, C: EmulatorCallbacks> Cpu<'a, C> {
     ///
     /// `event`, when given, is written to the pending-event register in the same call (a
     /// single-step trap queued by exception injection).
+    #[inline(always)]
     pub(crate) fn commit(
         &mut self,
         new_rip: u64,
@@ -772,6 +774,7 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
     /// [`Cpu::commit`] of at most [`SMALL_BATCH`] - 2 GPRs, RIP and RFLAGS, no register held
     /// by name to write back and no event: the common exit, in fixed arrays on the stack,
     /// every entry starting as RIP.
+    #[inline(always)]
     fn commit_few(&mut self, gprs: u32, rip: u64, rflags: Option<u64>) -> Res<(), C> {
         let mut names = [RegisterName::RIP; SMALL_BATCH];
         let mut values = [RegisterValue::U64(rip); SMALL_BATCH];

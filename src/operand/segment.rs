@@ -100,6 +100,7 @@ impl<C: EmulatorCallbacks> Cpu<'_, C> {
 
     /// Whether `linear..=end` is canonical in 64-bit mode. CR4.LA57 matters only for
     /// addresses that are not 48-bit canonical, so the common exit never reads CR4.
+    #[inline(always)]
     fn canonical_range(&mut self, linear: u64, end: u64) -> Res<bool, C> {
         if canonical(linear, 48) && canonical(end, 48) {
             return Ok(true);
